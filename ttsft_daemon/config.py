@@ -1,0 +1,364 @@
+"""Typed configuration, validated at load.
+
+Every section is a frozen dataclass; every field carries its documentation and its limits in the
+field metadata, which `config.example.yaml` mirrors. Loading collects *all* problems before failing,
+so that a user fixes a bad file in one go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = PACKAGE_DIR.parent
+
+AUDIO_EXTENSIONS = ("mp3", "mp4", "m4a", "wav", "flac", "ogg", "webm", "mkv")
+STAGES = ("ingest", "separate", "segment", "transcribe", "accept")
+
+
+def _f(default: Any, doc: str, **limits: Any) -> Any:
+    """A dataclass field with documentation and validation limits (min, max, choices)."""
+    meta = {"doc": doc, **limits}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    root: Path = _f(Path("/var/lib/ttsft-daemon"), "state root: inbox/, spool/, dataset/, training/ ...")
+    models: Path | None = _f(None, "offline models folder (default: models/ beside the package)")
+
+    @property
+    def models_dir(self) -> Path:
+        return self.models if self.models is not None else PROJECT_DIR / "models"
+
+
+@dataclass(frozen=True)
+class InboxConfig:
+    settle_seconds: float = _f(10.0, "a file is taken once size and mtime are unchanged this long", min=0.0)
+    polling: bool = _f(False, "use watchdog's polling observer (network shares: inotify sees nothing)")
+    poll_interval_seconds: float = _f(5.0, "polling observer interval", min=0.1)
+    rescan_seconds: float = _f(30.0, "full rescan of inbox and spools (the truth; events only wake)", min=0.2)
+    default_voice: str = _f("default", "voice name for files at the top level of the inbox")
+    extensions: list[str] = _f(list(AUDIO_EXTENSIONS), "file extensions taken from the inbox")
+    max_file_mb: float = _f(4096.0, "files larger than this are quarantined", min=0.001)
+    max_duration_seconds: float = _f(4 * 3600.0, "recordings longer than this are quarantined", min=1.0)
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    ingest: int = _f(1, "ingest threads", min=1, max=64)
+    separate: int = _f(1, "separation threads (each drives one Spleeter worker process)", min=1, max=16)
+    segment: int = _f(1, "segmentation + cleaning threads", min=1, max=64)
+    transcribe: int = _f(2, "transcription threads (each loads its Whisper model once)", min=1, max=64)
+    accept: int = _f(1, "dataset threads", min=1, max=16)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    workers: WorkersConfig = field(default_factory=WorkersConfig, metadata={"doc": "threads per stage"})
+    max_jobs_in_flight: int = _f(4, "recordings between ingest and segmentation at once", min=1)
+    max_attempts: int = _f(3, "tries of a failing item before it is quarantined", min=1, max=100)
+    retry_backoff_seconds: float = _f(30.0, "wait before retrying a failed item (doubles each try)", min=0.0)
+    heartbeat_timeout_seconds: float = _f(
+        600.0, "a worker silent this long stops WATCHDOG=1 (systemd then restarts)", min=1.0
+    )
+    ffmpeg_timeout_seconds: float = _f(1800.0, "time limit of one ffmpeg/ffprobe call", min=1.0)
+
+
+@dataclass(frozen=True)
+class SeparationConfig:
+    enabled: bool = _f(True, "false skips Spleeter for clean recordings")
+    python: Path | None = _f(None, "python of the Spleeter environment (default: .venv-spleeter/bin/python)")
+    model_dir: Path | None = _f(None, "Spleeter MODEL_PATH (default: <models>/spleeter)")
+    chunk_seconds: float = _f(60.0, "separate in chunks of this length (memory stays flat)", min=5.0)
+    overlap_seconds: float = _f(2.0, "overlap cross-faded between chunks", min=0.0)
+    timeout_seconds: float = _f(3600.0, "time limit for separating one recording", min=10.0)
+
+    @property
+    def python_path(self) -> Path:
+        return self.python if self.python is not None else PROJECT_DIR / ".venv-spleeter" / "bin" / "python"
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    min_clip_seconds: float = _f(1.0, "shortest clip kept (shorter neighbours are merged)", min=0.1)
+    max_clip_seconds: float = _f(15.0, "longest clip; longer segments are split again", min=1.0)
+    initial_silence_factor: float = _f(0.1, "silence = RMS below factor x median speech RMS", min=0.0001)
+    factor_step: float = _f(0.5, "factor multiplier each recursion (lower = stricter silence)", min=0.01, max=0.99)
+    min_factor: float = _f(0.005, "lowest factor tried before cutting at the quietest frame", min=0.0)
+    min_silence_seconds: float = _f(0.2, "shortest silent run that counts as a pause", min=0.01)
+    frame_seconds: float = _f(0.02, "RMS frame hop", min=0.001, max=0.5)
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    sample_rate: int = _f(22050, "clip sample rate (Piper: 22050, or 16000)", choices=[16000, 22050])
+    target_dbfs: float = _f(-20.0, "loudness normalisation target (RMS dBFS of speech)", min=-60.0, max=-3.0)
+    peak_dbfs: float = _f(-1.0, "peak ceiling after normalisation", min=-30.0, max=0.0)
+    denoise: bool = _f(False, "spectral-gate denoise of each clip")
+    pad_seconds: float = _f(0.1, "silence kept at each end after trimming", min=0.0, max=1.0)
+
+
+@dataclass(frozen=True)
+class TranscriptionConfig:
+    model: str = _f("tiny.en", "faster-whisper model name (downloaded where online) or path")
+    device: str = _f("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
+    compute_type: str = _f("auto", "CTranslate2 compute type (auto: int8 on CPU, float16 on GPU)")
+    beam_size: int = _f(5, "beam size", min=1, max=20)
+    language: str | None = _f("en", "language code, or null to detect")
+    vad_filter: bool = _f(False, "faster-whisper's Silero VAD filter")
+    cpu_threads: int = _f(0, "CTranslate2 threads per worker (0 = library default)", min=0)
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    max_no_speech_prob: float = _f(0.6, "reject above this no-speech probability", min=0.0, max=1.0)
+    min_avg_logprob: float = _f(-1.0, "reject below this mean token log-probability", max=0.0)
+    max_compression_ratio: float = _f(2.4, "reject above (repetitive text = hallucination)", min=1.0)
+    max_repeated_ngram: int = _f(3, "reject when a 3-gram repeats more often than this", min=1)
+    min_chars_per_second: float = _f(5.0, "speaking-rate floor", min=0.0)
+    max_chars_per_second: float = _f(25.0, "speaking-rate ceiling", min=1.0)
+    edge_word_seconds: float = _f(0.02, "a word this close to a clip edge counts as cut", min=0.0)
+    dnsmos: bool = _f(True, "score clips with DNSMOS (speechmos)")
+    min_dnsmos: float = _f(2.5, "reject below this DNSMOS overall score", min=1.0, max=5.0)
+    max_phonemes: int = _f(400, "reject transcripts with more phonemes (trainer out-of-memory)", min=10)
+    min_quality: float = _f(0.5, "reject below this combined 0-1 quality score", min=0.0, max=1.0)
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    speaker: str | None = _f(None, "speaker column (default: the voice name)")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    enabled: bool = _f(True, "train automatically when the threshold is met")
+    min_clips: int = _f(300, "accepted clips of a voice that start training", min=1)
+    min_minutes: float = _f(0.0, "and at least this much accepted speech", min=0.0)
+    retrain_after_new_clips: int = _f(200, "new clips after a run that resume training", min=1)
+    max_epochs: int = _f(1000, "epochs of a run (resumed runs continue the count)", min=1)
+    quality: str = _f("medium", "model size", choices=["x_low", "low", "medium", "high"])
+    base_checkpoint: Path | None = _f(None, "Piper .ckpt to fine-tune from (null: from scratch)")
+    batch_size: int = _f(16, "batch size", min=1)
+    checkpoint_every_epochs: int = _f(1, "save a checkpoint every N epochs", min=1)
+    keep_last: int = _f(2, "newest checkpoints kept", min=1)
+    keep_best: int = _f(1, "lowest-loss checkpoints kept", min=0)
+    disk_budget_gb: float = _f(10.0, "checkpoint disk budget per voice", min=0.5)
+    accelerator: str = _f("auto", "Lightning accelerator", choices=["auto", "cpu", "gpu"])
+    devices: str = _f("auto", "Lightning devices (auto, a count, or a list like 0,1)")
+    strategy: str = _f("auto", "Lightning strategy (auto, ddp ...)")
+    precision: str = _f("32-true", "Lightning precision")
+    espeak_voice: str = _f("en-us", "espeak-ng voice of the phonemizer")
+    num_workers: int = _f(1, "data loader workers", min=0)
+    test_sentences: list[str] = _f(
+        [
+            "The quick brown fox jumps over the lazy dog.",
+            "A new voice was trained from long recordings of one speaker.",
+            "Please call me back before five o'clock tomorrow afternoon.",
+        ],
+        "sentences spoken by each exported voice and scored for intelligibility",
+    )
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = _f("info", "log level", choices=["debug", "info", "warning", "error"])
+    format: str = _f("auto", "auto (console on a TTY, JSON otherwise) | console | json",
+                     choices=["auto", "console", "json"])
+    journal: str = _f("auto", "auto (when the journal socket exists) | on | off", choices=["auto", "on", "off"])
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig, metadata={"doc": "where things live"})
+    inbox: InboxConfig = field(default_factory=InboxConfig, metadata={"doc": "the watched inbox"})
+    daemon: DaemonConfig = field(default_factory=DaemonConfig, metadata={"doc": "workers and retries"})
+    separation: SeparationConfig = field(default_factory=SeparationConfig, metadata={"doc": "Spleeter"})
+    segmentation: SegmentationConfig = field(
+        default_factory=SegmentationConfig, metadata={"doc": "recursive silence segmentation"}
+    )
+    audio: AudioConfig = field(default_factory=AudioConfig, metadata={"doc": "per-clip cleaning"})
+    transcription: TranscriptionConfig = field(
+        default_factory=TranscriptionConfig, metadata={"doc": "faster-whisper"}
+    )
+    quality: QualityConfig = field(default_factory=QualityConfig, metadata={"doc": "clip quality gate"})
+    dataset: DatasetConfig = field(default_factory=DatasetConfig, metadata={"doc": "Piper dataset"})
+    training: TrainingConfig = field(default_factory=TrainingConfig, metadata={"doc": "Piper training"})
+    logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"doc": "logs"})
+    source: Path | None = field(default=None, compare=False, metadata={"internal": True})
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             Path: "a path", type(None): "null"}
+    if tp in names:
+        return names[tp]
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str, base: Path, errors: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key, base, errors)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            errors.append(f"{key}: got {value!r}, expected {_type_name(tp)}")
+            return None
+        return [_convert(v, item_tp, f"{key}[{i}]", base, errors) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif tp is Path:
+        if isinstance(value, str) and value.strip():
+            p = Path(os.path.expanduser(value))
+            return p if p.is_absolute() else (base / p)
+    errors.append(f"{key}: got {value!r}, expected {_type_name(tp)}")
+    return None
+
+
+def _check_limits(value: Any, meta: Mapping[str, Any], key: str, errors: list[str]) -> None:
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        allowed = ", ".join(str(c) for c in meta["choices"])
+        errors.append(f"{key}: got {value!r}, allowed: {allowed}")
+    if "min" in meta and isinstance(value, (int, float)) and value < meta["min"]:
+        errors.append(f"{key}: got {value!r}, must be at least {meta['min']}")
+    if "max" in meta and isinstance(value, (int, float)) and value > meta["max"]:
+        errors.append(f"{key}: got {value!r}, must be at most {meta['max']}")
+
+
+def _build(cls: type[Any], raw: Any, prefix: str, base: Path, errors: list[str]) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors.append(f"{prefix or 'config'}: got {raw!r}, expected a mapping of keys")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
+            valid = ", ".join(fields)
+            errors.append(f"{full}: unknown key{hint}; valid keys here: {valid}")
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(typing.cast(type[Any], tp), value, full, base, errors)
+            continue
+        n_before = len(errors)
+        converted = _convert(value, tp, full, base, errors)
+        if len(errors) == n_before:
+            _check_limits(converted, fields[key].metadata, full, errors)
+            kwargs[key] = converted
+    return cls(**kwargs)
+
+
+def _cross_checks(cfg: Config, errors: list[str]) -> None:
+    seg = cfg.segmentation
+    if seg.min_clip_seconds * 2 > seg.max_clip_seconds:
+        errors.append(
+            f"segmentation.max_clip_seconds: got {seg.max_clip_seconds}, must be at least twice "
+            f"segmentation.min_clip_seconds ({seg.min_clip_seconds})"
+        )
+    if seg.min_factor >= seg.initial_silence_factor:
+        errors.append("segmentation.min_factor: must be below segmentation.initial_silence_factor")
+    q = cfg.quality
+    if q.min_chars_per_second >= q.max_chars_per_second:
+        errors.append("quality.min_chars_per_second: must be below quality.max_chars_per_second")
+    bad_ext = [e for e in cfg.inbox.extensions if e.lower().lstrip(".") not in AUDIO_EXTENSIONS]
+    if bad_ext:
+        errors.append(f"inbox.extensions: unsupported {bad_ext}, allowed: {', '.join(AUDIO_EXTENSIONS)}")
+    if not cfg.inbox.default_voice or not _is_safe_name(cfg.inbox.default_voice):
+        errors.append(f"inbox.default_voice: got {cfg.inbox.default_voice!r}, use letters, digits, - and _")
+    if cfg.separation.overlap_seconds * 2 >= cfg.separation.chunk_seconds:
+        errors.append("separation.overlap_seconds: must be less than half of separation.chunk_seconds")
+
+
+def _is_safe_name(name: str) -> bool:
+    return all(c.isalnum() or c in "-_" for c in name) and not name.startswith("-")
+
+
+def config_from_dict(raw: Any, base: Path | None = None, source: Path | None = None) -> Config:
+    """Build a validated Config; raises ConfigError listing every problem."""
+    errors: list[str] = []
+    cfg = _build(Config, raw, "", base or Path.cwd(), errors)
+    if not errors:
+        _cross_checks(cfg, errors)
+    if errors:
+        raise ConfigError(str(source) if source else "<config>", errors)
+    return dataclasses.replace(cfg, source=source)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Load and validate a YAML config file. Relative paths resolve against the file's folder."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(p), [f"file not found: {p} (copy config.example.yaml and edit it)"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(p), [f"cannot read {p}: {exc}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(p), [f"YAML syntax error at {where}{problem}"]) from None
+    return config_from_dict(raw, base=p.resolve().parent, source=p.resolve())
+
+
+def iter_fields(cls: type[Any] = Config, prefix: str = "") -> typing.Iterator[tuple[str, Any, str]]:
+    """(dotted key, default, doc) for every leaf key: used to check the example config is complete."""
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from iter_fields(typing.cast(type[Any], tp), key)
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            yield key, default, f.metadata.get("doc", "")
