@@ -246,10 +246,9 @@ def _convert(value: Any, tp: Any, key: str, base: Path, errors: list[str]) -> An
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-    elif tp is Path:
-        if isinstance(value, str) and value.strip():
-            p = Path(os.path.expanduser(value))
-            return p if p.is_absolute() else (base / p)
+    elif tp is Path and isinstance(value, str) and value.strip():
+        p = Path(os.path.expanduser(value))
+        return p if p.is_absolute() else (base / p)
     errors.append(f"{key}: got {value!r}, expected {_type_name(tp)}")
     return None
 
@@ -323,7 +322,7 @@ def _is_safe_name(name: str) -> bool:
 def config_from_dict(raw: Any, base: Path | None = None, source: Path | None = None) -> Config:
     """Build a validated Config; raises ConfigError listing every problem."""
     errors: list[str] = []
-    cfg = _build(Config, raw, "", base or Path.cwd(), errors)
+    cfg: Config = _build(Config, raw, "", base or Path.cwd(), errors)
     if not errors:
         _cross_checks(cfg, errors)
     if errors:

@@ -1,0 +1,439 @@
+"""Every file move of the daemon goes through here.
+
+Rules that make a kill -9 at any instant lose nothing and duplicate nothing:
+
+* A spool item is a payload (`<id>.<ext>`) plus a sidecar (`<id>.json`). The payload is renamed into place first,
+  the sidecar last: the sidecar's presence is the commit. Readers list sidecars only.
+* Every write goes to a temporary name in the destination folder (`.tmp.<host>.<pid>.<rand>.<name>`), is fsynced,
+  renamed into place, and the folder is fsynced. Names start with a dot, so no scanner ever sees them.
+* An input is removed only after its outputs are committed and the job JSON records the step.
+* Names derive from content (job id = sha256 of the original; clip id = job id + offset), so redoing a step
+  rewrites the same names.
+* Items are claimed with a non-blocking `filelock` under `locks/`; after taking the lock the claimer re-checks that
+  the item still exists (another worker may have finished it in between).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+SPOOLS = ("raw", "vocals", "audio", "transcribed")
+TMP_PREFIX = ".tmp."
+_HOST = socket.gethostname().replace(".", "_")
+
+# ------------------------------------------------------------------------------------------ fault injection
+# Tests make the N-th file operation fail (ENOSPC) or kill the process there, to sweep crash points.
+_fault_lock = threading.Lock()
+_fault_count = 0
+_fault_at = int(os.environ.get("TTSFT_FAULT_AT", "0") or 0)
+_fault_mode = os.environ.get("TTSFT_FAULT_MODE", "exit")  # "exit" (os._exit) or "enospc"
+
+
+def _fault_point(op: str) -> None:
+    global _fault_count
+    if not _fault_at:
+        return
+    with _fault_lock:
+        _fault_count += 1
+        hit = _fault_count == _fault_at
+    if hit:
+        if _fault_mode == "enospc":
+            raise OSError(errno.ENOSPC, f"injected: no space left on device ({op})")
+        os._exit(77)
+
+
+def set_fault(at: int, mode: str = "exit") -> None:
+    """Arm fault injection in this process (tests): the `at`-th file operation from now fails."""
+    global _fault_at, _fault_mode, _fault_count
+    with _fault_lock:
+        _fault_at, _fault_mode, _fault_count = at, mode, 0
+
+
+# ------------------------------------------------------------------------------------------ primitives
+
+
+def tmp_name(dest: Path) -> Path:
+    """A temporary sibling of `dest`, invisible to scanners, traceable to this host and process."""
+    return dest.parent / f"{TMP_PREFIX}{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.{dest.name}"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit(tmp: Path, dest: Path) -> None:
+    """fsync `tmp`, rename it over `dest`, fsync the folder."""
+    _fault_point(f"commit {dest.name}")
+    fsync_file(tmp)
+    os.replace(tmp, dest)
+    fsync_dir(dest.parent)
+
+
+def atomic_write_bytes(dest: Path, data: bytes) -> None:
+    _fault_point(f"write {dest.name}")
+    tmp = tmp_name(dest)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dest.parent)
+
+
+def atomic_write_json(dest: Path, obj: Any) -> None:
+    atomic_write_bytes(dest, (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
+
+
+def atomic_copy(src: Path, dest: Path) -> None:
+    """Copy `src` to `dest` through a temporary name (never follows a symlink at `src`)."""
+    _fault_point(f"copy {dest.name}")
+    tmp = tmp_name(dest)
+    try:
+        with open(src, "rb", opener=_nofollow_opener) as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dest.parent)
+
+
+def _nofollow_opener(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object at `path`, or None if it is absent or unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def remove(path: Path) -> None:
+    _fault_point(f"remove {path.name}")
+    path.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------ layout
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The state layout of DESIGN.md under one root."""
+
+    root: Path
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    def spool(self, name: str) -> Path:
+        return self.root / "spool" / name
+
+    @property
+    def datasets(self) -> Path:
+        return self.root / "dataset"
+
+    def dataset(self, voice: str) -> Path:
+        return self.root / "dataset" / voice
+
+    @property
+    def trainings(self) -> Path:
+        return self.root / "training"
+
+    def training(self, voice: str) -> Path:
+        return self.root / "training" / voice
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def failed(self) -> Path:
+        return self.root / "failed"
+
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
+    @property
+    def work(self) -> Path:
+        """Scratch space for intermediate files of a stage (decoded audio ...), cleaned at start-up."""
+        return self.root / "work"
+
+    def ensure(self) -> None:
+        for d in (self.inbox, *(self.spool(s) for s in SPOOLS), self.datasets, self.trainings,
+                  self.checkpoints, self.failed, self.locks, self.work):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+# ------------------------------------------------------------------------------------------ items
+
+
+@dataclass(frozen=True)
+class Item:
+    """A committed spool item: payload + sidecar JSON."""
+
+    spool: str
+    id: str
+    payload: Path
+    sidecar: Path
+
+    def meta(self) -> dict[str, Any]:
+        return read_json(self.sidecar) or {}
+
+    def exists(self) -> bool:
+        return self.sidecar.exists()
+
+
+class Claim:
+    """A held claim on an item (or any named resource); release() frees it."""
+
+    def __init__(self, lock: FileLock, path: Path) -> None:
+        self._lock = lock
+        self._path = path
+
+    def release(self, done: bool = False) -> None:
+        # Unlinking while still holding the lock is safe: whoever opens the old path afterwards re-checks that
+        # the item exists before working on it.
+        if done:
+            self._path.unlink(missing_ok=True)
+        self._lock.release()
+
+
+class Spool:
+    """The spools, the job records and the quarantine of one state root."""
+
+    def __init__(self, root: Path) -> None:
+        self.layout = Layout(root)
+
+    # ---------------------------------------------------------------- listing
+    def items(self, spool: str) -> list[Item]:
+        """Committed items of a spool, oldest first (sorted by name = content-derived id)."""
+        folder = self.layout.spool(spool)
+        out: list[Item] = []
+        try:
+            names = sorted(os.listdir(folder))
+        except FileNotFoundError:
+            return out
+        present = set(names)
+        for name in names:
+            if name.startswith(".") or not name.endswith(".json"):
+                continue
+            item_id = name[:-5]
+            payload_name = f"{item_id}.wav"
+            if payload_name not in present:  # originals in raw/ keep their extension: the sidecar names it
+                payload_name = str((read_json(folder / name) or {}).get("payload", ""))
+            if payload_name not in present or payload_name.endswith(".json"):
+                continue
+            out.append(Item(spool, item_id, folder / payload_name, folder / name))
+        return out
+
+    def count(self, spool: str) -> int:
+        return len(self.items(spool))
+
+    # ---------------------------------------------------------------- claims
+    def try_claim(self, key: str) -> Claim | None:
+        """Non-blocking claim of a resource named `key` (unique across spools), or None if held elsewhere."""
+        path = self.layout.locks / f"{key}.lock"
+        lock = FileLock(path, timeout=0, thread_local=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            return None
+        return Claim(lock, path)
+
+    @contextlib.contextmanager
+    def locked(self, key: str, timeout: float = 120.0) -> Iterator[None]:
+        """Blocking lock for short read-modify-write sections (job JSON, metadata.csv)."""
+        lock = FileLock(self.layout.locks / f"{key}.lock", timeout=timeout, thread_local=False)
+        with lock:
+            yield
+
+    # ---------------------------------------------------------------- committing items
+    def tmp_payload(self, spool: str, item_id: str, ext: str) -> Path:
+        """Where a stage writes an output payload before commit_item() renames it into place."""
+        return tmp_name(self.layout.spool(spool) / f"{item_id}.{ext}")
+
+    def commit_item(self, spool: str, item_id: str, payload_tmp: Path, ext: str, meta: dict[str, Any]) -> Item:
+        folder = self.layout.spool(spool)
+        payload = folder / f"{item_id}.{ext}"
+        sidecar = folder / f"{item_id}.json"
+        commit(payload_tmp, payload)
+        atomic_write_json(sidecar, {**meta, "id": item_id, "payload": payload.name})
+        return Item(spool, item_id, payload, sidecar)
+
+    def remove_item(self, item: Item) -> None:
+        """Remove an input after its outputs are committed: sidecar first, so it is never seen half-removed."""
+        remove(item.sidecar)
+        remove(item.payload)
+        fsync_dir(item.sidecar.parent)
+
+    # ---------------------------------------------------------------- jobs
+    def job_path(self, job_id: str) -> Path:
+        return self.layout.checkpoints / f"{job_id}.json"
+
+    def read_job(self, job_id: str) -> dict[str, Any] | None:
+        return read_json(self.job_path(job_id))
+
+    def update_job(self, job_id: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Read-modify-write of a job record under its lock."""
+        with self.locked(f"job-{job_id}"):
+            job = self.read_job(job_id) or new_job(job_id)
+            change(job)
+            job["updated"] = time.time()
+            atomic_write_json(self.job_path(job_id), job)
+            return job
+
+    def jobs(self) -> Iterator[dict[str, Any]]:
+        for p in sorted(self.layout.checkpoints.glob("*.json")):
+            job = read_json(p)
+            if job is not None:
+                yield job
+
+    # ---------------------------------------------------------------- quarantine
+    def quarantine(self, files: list[Path], stage: str, reason: str, detail: str = "",
+                   extra: dict[str, Any] | None = None) -> Path:
+        """Move `files` into failed/ with `<name>.error.json`; returns the error file."""
+        failed = self.layout.failed
+        failed.mkdir(parents=True, exist_ok=True)
+        primary = files[0]
+        base = _unique_name(failed, primary.name)
+        report = {
+            "stage": stage, "reason": reason, "detail": detail, "time": time.time(),
+            "files": [], **(extra or {}),
+        }
+        for i, f in enumerate(files):
+            if not f.exists() and not f.is_symlink():
+                continue
+            name = base if i == 0 else _unique_name(failed, f.name)
+            dest = failed / name
+            _fault_point(f"quarantine {f.name}")
+            if f.is_symlink():
+                # A symlink is quarantined as what it is: never followed, never copied through.
+                report["files"].append({"name": name, "symlink_to": os.readlink(f)})
+                f.unlink()
+                continue
+            try:
+                os.rename(f, dest)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                atomic_copy(f, dest)
+                f.unlink()
+            report["files"].append({"name": name})
+        error_file = failed / f"{base}.error.json"
+        atomic_write_json(error_file, report)
+        fsync_dir(failed)
+        for f in files:
+            with contextlib.suppress(OSError):
+                fsync_dir(f.parent)
+        return error_file
+
+    # ---------------------------------------------------------------- recovery
+    def cleanup_temporaries(self, max_age_seconds: float = 24 * 3600) -> int:
+        """Remove temporaries left by dead processes of this host (and very old ones of any host)."""
+        removed = 0
+        roots = [self.layout.root / "spool", self.layout.datasets, self.layout.checkpoints, self.layout.failed,
+                 self.layout.work, self.layout.trainings]
+        now = time.time()
+        for top in roots:
+            if not top.exists():
+                continue
+            for dirpath, _dirs, files in os.walk(top):
+                for name in files:
+                    if not name.startswith(TMP_PREFIX):
+                        continue
+                    p = Path(dirpath) / name
+                    if _tmp_owner_dead(name) or _age(p, now) > max_age_seconds:
+                        p.unlink(missing_ok=True)
+                        removed += 1
+        return removed
+
+
+def new_job(job_id: str) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "ingested": False,
+        "separated": False,
+        "segmented": False,
+        "segments_saved": 0,
+        "transcribed_count": 0,
+        "accepted_count": 0,
+        "rejected_count": 0,
+        "manifest_created": False,
+        "clips": {},
+        "attempts": {},
+        "training": {"epoch": 0, "last_checkpoint": None},
+        "created": time.time(),
+    }
+
+
+def _unique_name(folder: Path, name: str) -> str:
+    candidate = name
+    n = 1
+    while (folder / candidate).exists() or (folder / f"{candidate}.error.json").exists():
+        stem, dot, ext = name.partition(".")
+        candidate = f"{stem}.{n}{dot}{ext}"
+        n += 1
+    return candidate
+
+
+def _tmp_owner_dead(name: str) -> bool:
+    parts = name[len(TMP_PREFIX):].split(".", 3)
+    if len(parts) < 3 or parts[0] != _HOST:
+        return False
+    try:
+        pid = int(parts[1])
+    except ValueError:
+        return True
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _age(p: Path, now: float) -> float:
+    try:
+        return now - p.stat().st_mtime
+    except OSError:
+        return 0.0

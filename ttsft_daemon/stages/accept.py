@@ -1,0 +1,60 @@
+"""Accept: spool/transcribed clip -> dataset/<voice>/ (accepted) or failed/ with the gate's reasons (rejected)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import soundfile as sf
+
+from ..config import Config
+from ..dataset import Row, add_clip
+from ..errors import RejectedInput
+from ..spool import Item, Spool
+from .base import Result, StageContext
+
+
+class AcceptStage:
+    name = "accept"
+    source = "transcribed"
+
+    def __init__(self, config: Config, spool: Spool) -> None:
+        self.config = config
+        self.spool = spool
+        self.time_limit = 300.0
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def candidates(self) -> list[Item]:
+        return self.spool.items(self.source)
+
+    def process(self, item: Item, ctx: StageContext) -> Result:
+        meta = item.meta()
+        if meta.get("decision") != "accept":
+            reasons = meta.get("reasons") or ["no decision recorded"]
+            raise RejectedInput("quality gate", ", ".join(reasons) + f" (quality {meta.get('quality')})")
+        self._validate_wav(item)
+        voice, cid = meta["voice"], meta["clip_id"]
+        row = Row(f"{cid}.wav", str(meta["text"]), float(meta["duration"]),
+                  self.config.dataset.speaker or voice, float(meta.get("quality", 0.0)))
+        added = add_clip(self.spool, voice, item.payload, row)
+
+        def update(job: dict[str, Any]) -> None:
+            clips = job.setdefault("clips", {})
+            clips[cid] = "accepted"
+            job["accepted_count"] = sum(1 for s in clips.values() if s == "accepted")
+            job["rejected_count"] = sum(1 for s in clips.values() if s == "rejected")
+            if job.get("segmented") and all(s in ("accepted", "rejected") for s in clips.values()):
+                job["manifest_created"] = True
+
+        return Result([], update, log={"added": added, "seconds": row.duration})
+
+    def _validate_wav(self, item: Item) -> None:
+        info = sf.info(str(item.payload))
+        want = self.config.audio.sample_rate
+        if info.channels != 1 or info.samplerate != want or info.subtype != "PCM_16":
+            raise RejectedInput("invalid clip WAV", f"{info.channels} ch, {info.samplerate} Hz, {info.subtype}; "
+                                f"the dataset needs 1 ch, {want} Hz, PCM_16")

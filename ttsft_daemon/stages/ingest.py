@@ -1,0 +1,136 @@
+"""Ingest: inbox file -> spool/raw/<job_id>.<ext> + sidecar (sha256, name, size, duration, codec ...)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..errors import RejectedInput, TransientError
+from ..inbox import InboxScanner
+from ..media import probe
+from ..spool import Item, Spool
+from .base import Output, Result, StageContext
+
+_CHUNK = 1 << 20
+
+
+def safe_ext(path: Path) -> str:
+    ext = re.sub(r"[^a-z0-9]", "", path.suffix.lower())
+    return ext[:8] or "bin"
+
+
+class IngestStage:
+    name = "ingest"
+    source = "inbox"
+
+    def __init__(self, config: Config, spool: Spool, scanner: InboxScanner) -> None:
+        self.config = config
+        self.spool = spool
+        self.scanner = scanner
+        self.time_limit = config.daemon.ffmpeg_timeout_seconds + 600
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def candidates(self) -> list[Item]:
+        in_flight = self.spool.count("raw") + self.spool.count("vocals")
+        if in_flight >= self.config.daemon.max_jobs_in_flight:
+            return []
+        return self.scanner.scan().ready
+
+    def process(self, item: Item, ctx: StageContext) -> Result:
+        path = item.payload
+        voice = item.id.rsplit("--", 1)[0]
+        st = self._check_file(path)
+        ext = safe_ext(path)
+        tmp = ctx.tmp_output("raw", f"incoming-{item.id}", ext)
+        try:
+            sha = self._copy_and_hash(path, tmp, st, ctx)
+            job_id = sha[:16]
+            existing = self.spool.read_job(job_id)
+            if existing is not None:
+                src = existing.get("source", {})
+                if src.get("inode") == st.st_ino and src.get("mtime_ns") == st.st_mtime_ns \
+                        and src.get("rel") == os.path.relpath(path, self.spool.layout.inbox):
+                    # This very file was ingested before a crash removed it from the inbox: finish the move.
+                    tmp.unlink(missing_ok=True)
+                    return Result(log={"job_id": job_id, "resumed": True})
+                raise RejectedInput(
+                    "duplicate", f"same content as '{src.get('name', '?')}' already taken as job {job_id}")
+            info = probe(tmp, timeout=min(120.0, self.config.daemon.ffmpeg_timeout_seconds))
+            self._check_limits(info.duration)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        source = {
+            "name": path.name, "rel": os.path.relpath(path, self.spool.layout.inbox), "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "sha256": sha,
+        }
+        meta: dict[str, Any] = {
+            "job_id": job_id, "voice": voice, "source_name": path.name, "sha256": sha, "size": st.st_size,
+            "duration": info.duration, "codec": info.codec, "channels": info.channels,
+            "sample_rate": info.sample_rate, "format": info.format_name, "has_video": info.has_video,
+            "time": time.time(),
+        }
+
+        def update(job: dict[str, Any]) -> None:
+            job.update(ingested=True, voice=voice, source=source, duration=info.duration)
+
+        return Result([Output("raw", job_id, tmp, ext, meta)], update,
+                      log={"job_id": job_id, "voice": voice, "source": path.name, "audio_s": round(info.duration, 1)})
+
+    # --------------------------------------------------------------------------------------------------
+    def _check_file(self, path: Path) -> os.stat_result:
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            raise TransientError("the file disappeared from the inbox before it was taken") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise RejectedInput("symbolic link", f"links are never followed (points to {os.readlink(path)!r})")
+        if not stat.S_ISREG(st.st_mode):
+            raise RejectedInput("not a regular file", "only plain files are taken from the inbox")
+        if st.st_size == 0:
+            raise RejectedInput("empty file", "the file has zero bytes")
+        max_bytes = self.config.inbox.max_file_mb * 1024 * 1024
+        if st.st_size > max_bytes:
+            raise RejectedInput(
+                "file too large", f"{st.st_size / 1048576:.0f} MB is over inbox.max_file_mb "
+                f"({self.config.inbox.max_file_mb:.0f} MB)")
+        return st
+
+    def _copy_and_hash(self, path: Path, tmp: Path, before: os.stat_result, ctx: StageContext) -> str:
+        digest = hashlib.sha256()
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except PermissionError:
+            raise RejectedInput("cannot read the file", "permission denied for the daemon's user") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise RejectedInput("symbolic link", "links are never followed") from None
+            raise
+        with os.fdopen(fd, "rb") as fin, open(tmp, "wb") as fout:
+            while chunk := fin.read(_CHUNK):
+                digest.update(chunk)
+                fout.write(chunk)
+                ctx.check_stop()
+            fout.flush()
+            os.fsync(fout.fileno())
+            after = os.fstat(fin.fileno())
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise TransientError("the file changed while it was being copied; it will be taken once it settles")
+        return digest.hexdigest()
+
+    def _check_limits(self, duration: float) -> None:
+        limit = self.config.inbox.max_duration_seconds
+        if duration > limit:
+            raise RejectedInput("recording too long", f"{duration:.0f} s is over inbox.max_duration_seconds ({limit:.0f})")

@@ -1,0 +1,80 @@
+"""Segment: spool/vocals/<job_id>.wav -> clean clips spool/audio/<job_id>-<start_ms>.wav (16-bit mono)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import soundfile as sf
+
+from ..cleaning import clean_clip, write_wav_pcm16
+from ..config import Config
+from ..errors import RejectedInput
+from ..segmentation import find_segments, rms_envelope_from_file
+from ..spool import Item, Spool
+from .base import Output, Result, StageContext
+
+
+def clip_id(job_id: str, start_s: float) -> str:
+    return f"{job_id}-{round(start_s * 1000):09d}"
+
+
+class SegmentStage:
+    name = "segment"
+    source = "vocals"
+
+    def __init__(self, config: Config, spool: Spool) -> None:
+        self.config = config
+        self.spool = spool
+        self.time_limit = 3600.0
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def candidates(self) -> list[Item]:
+        return self.spool.items(self.source)
+
+    def process(self, item: Item, ctx: StageContext) -> Result:
+        meta = item.meta()
+        job_id, voice = meta["job_id"], meta["voice"]
+        seg_cfg, audio_cfg = self.config.segmentation, self.config.audio
+        env, frame_s = rms_envelope_from_file(item.payload, seg_cfg.frame_seconds)
+        segments = find_segments(env, frame_s, seg_cfg)
+        outputs: list[Output] = []
+        try:
+            with sf.SoundFile(str(item.payload)) as f:
+                sr = f.samplerate
+                for start, end in segments:
+                    ctx.check_stop()
+                    f.seek(int(start * sr))
+                    samples = f.read(int((end - start) * sr), dtype="float32", always_2d=True).mean(axis=1)
+                    clip = clean_clip(samples, sr, audio_cfg, seg_cfg)
+                    if clip is None:
+                        continue
+                    cid = clip_id(job_id, start)
+                    tmp = ctx.tmp_output("audio", cid, "wav")
+                    write_wav_pcm16(tmp, clip, audio_cfg.sample_rate)
+                    outputs.append(Output("audio", cid, tmp, "wav", {
+                        "job_id": job_id, "voice": voice, "clip_id": cid, "source_name": meta.get("source_name"),
+                        "start": round(start, 3), "end": round(end, 3),
+                        "duration": round(len(clip) / audio_cfg.sample_rate, 3),
+                        "sample_rate": audio_cfg.sample_rate,
+                    }))
+        except BaseException:
+            for o in outputs:
+                o.payload_tmp.unlink(missing_ok=True)
+            raise
+        if not outputs:
+            raise RejectedInput("no speech found", "segmentation found no voiced segment of usable length")
+        ids = [o.item_id for o in outputs]
+
+        def update(job: dict[str, Any]) -> None:
+            clips = job.setdefault("clips", {})
+            for cid in ids:
+                clips.setdefault(cid, "audio")
+            job.update(segmented=True, segments_saved=len(ids))
+
+        speech_s = sum(o.meta["duration"] for o in outputs)
+        return Result(outputs, update, log={"clips": len(ids), "speech_s": round(speech_s, 1)})
