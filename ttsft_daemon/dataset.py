@@ -1,5 +1,6 @@
-"""The Piper dataset of a voice: dataset/<voice>/wavs/ + metadata.csv (clip_filename|transcript|duration|speaker|quality).
+"""The Piper dataset of a voice: dataset/<voice>/wavs/ + metadata.csv.
 
+Rows: clip_filename|transcript|duration|speaker|quality, no header.
 metadata.csv is rewritten whole through a temporary file under the voice's lock: a reader or a crash never sees
 a partial row, a row is only written after its WAV is in place, and a clip already present is never added twice.
 """

@@ -133,4 +133,5 @@ class IngestStage:
     def _check_limits(self, duration: float) -> None:
         limit = self.config.inbox.max_duration_seconds
         if duration > limit:
-            raise RejectedInput("recording too long", f"{duration:.0f} s is over inbox.max_duration_seconds ({limit:.0f})")
+            raise RejectedInput("recording too long",
+                                f"{duration:.0f} s is over inbox.max_duration_seconds ({limit:.0f})")

@@ -1,0 +1,117 @@
+"""The `ttsft-daemon` command line (the contract in DESIGN.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from . import __version__
+from .config import Config, load_config
+from .errors import ConfigError, TtsftError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ttsft-daemon",
+        description="Turn long recordings of a person into a Piper TTS voice, unattended.",
+    )
+    p.add_argument("--version", action="version", version=f"ttsft-daemon {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon in the foreground (systemd runs this)")
+    run.add_argument("--config", required=True, type=Path, help="YAML config file")
+    run.add_argument("--exit-when-idle", action="store_true",
+                     help="process everything present (and train if due), then exit 0")
+
+    st = sub.add_parser("status", help="counts per stage, dataset hours, training state")
+    st.add_argument("--config", required=True, type=Path)
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+
+    cc = sub.add_parser("check-config", help="validate a config file: exit 0, or 2 with the problems")
+    cc.add_argument("file", type=Path)
+
+    pp = sub.add_parser("preprocess", help="one-shot: audio/video files -> Piper dataset, no daemon")
+    pp.add_argument("--input", required=True, type=Path, help="a file or a folder of files")
+    pp.add_argument("--output", required=True, type=Path, help="output folder (a state root with dataset/)")
+    pp.add_argument("--config", type=Path, help="YAML config (default: built-in defaults)")
+    pp.add_argument("--voice", default=None, help="voice name (default: the config's inbox.default_voice)")
+
+    tr = sub.add_parser("train", help="train or resume a voice now, whatever the threshold")
+    tr.add_argument("--config", required=True, type=Path)
+    tr.add_argument("--voice", default=None, help="voice to train (default: every voice with a dataset)")
+    return p
+
+
+def _load(path: Path) -> Config:
+    return load_config(path)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    from .daemon import run_daemon
+    from .logs import configure_logging
+
+    configure_logging(config.logging.level, config.logging.format, config.logging.journal)
+    return run_daemon(config, exit_when_idle=args.exit_when_idle)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    from .status import collect, render
+
+    status = collect(config)
+    print(json.dumps(status, indent=2, sort_keys=True) if args.json else render(status))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    print(f"{args.file}: OK (state root {config.paths.root})")
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from .preprocess import preprocess
+
+    return preprocess(args.input, args.output, args.config, args.voice)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    from .logs import configure_logging
+    from .trainer import train_now
+
+    configure_logging(config.logging.level, config.logging.format, config.logging.journal)
+    return train_now(config, args.voice)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"run": cmd_run, "status": cmd_status, "check-config": cmd_check_config,
+            "preprocess": cmd_preprocess, "train": cmd_train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(exc.explain(), file=sys.stderr)
+        return 2
+    except TtsftError as exc:
+        print(f"ttsft-daemon {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if os.environ.get("TTSFT_DEBUG"):
+            raise
+        print(f"ttsft-daemon {args.command} failed unexpectedly: {type(exc).__name__}: {exc}. "
+              "Run again with TTSFT_DEBUG=1 for the full traceback, and report it if it persists.", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,379 @@
+"""The daemon: owns every thread and signal.
+
+Signal handlers only set flags; the main loop does the work (start, reload, drain, stop). One worker pool per
+stage; each worker thread owns its own stage instance (so each loads its model once). watchdog events and
+committed outputs only wake workers early: every worker rescans its source periodically, which is the truth.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from .config import STAGES, Config, load_config
+from .errors import ConfigError
+from .inbox import InboxScanner
+from .notify import Notifier
+from .runner import Backoff, ItemRunner
+from .spool import Spool
+from .stages.accept import AcceptStage
+from .stages.base import Stage
+from .stages.ingest import IngestStage
+from .status import collect, one_line, write_daemon_info
+from .trainer import TrainerWorker
+
+log = structlog.get_logger("ttsft.daemon")
+
+# The spool each stage fills: committing there wakes the stage that reads it.
+DOWNSTREAM = {"ingest": "separate", "separate": "segment", "segment": "transcribe", "transcribe": "accept",
+              "accept": "train"}
+
+
+@dataclass
+class Heartbeat:
+    beat: float = field(default_factory=time.monotonic)
+    busy_since: float | None = None
+    limit: float = 0.0
+
+
+class Health:
+    """Per-thread heartbeats; WATCHDOG=1 is sent only while every thread is healthy."""
+
+    def __init__(self, idle_timeout: float) -> None:
+        self.idle_timeout = idle_timeout
+        self._beats: dict[str, Heartbeat] = {}
+        self._lock = threading.Lock()
+
+    def beat(self, name: str, busy_limit: float | None = None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            hb = self._beats.setdefault(name, Heartbeat())
+            hb.beat = now
+            if busy_limit is None:
+                hb.busy_since = None
+            elif hb.busy_since is None:
+                hb.busy_since, hb.limit = now, busy_limit
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._beats.pop(name, None)
+
+    def stale(self) -> list[str]:
+        now = time.monotonic()
+        with self._lock:
+            out = []
+            for name, hb in self._beats.items():
+                if hb.busy_since is not None:
+                    if now - hb.busy_since > hb.limit + self.idle_timeout:
+                        out.append(name)
+                elif now - hb.beat > self.idle_timeout:
+                    out.append(name)
+            return out
+
+
+class WorkerPool:
+    """`size` threads of one stage."""
+
+    def __init__(self, name: str, factory: Callable[[], Stage], size: int, daemon: Daemon) -> None:
+        self.name = name
+        self.factory = factory
+        self.size = size
+        self.daemon = daemon
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.busy = 0
+        self.open_failed: str | None = None
+        self._busy_lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for i in range(self.size):
+            t = threading.Thread(target=self._loop, name=f"ttsft-{self.name}-{i}", daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def is_busy(self) -> bool:
+        with self._busy_lock:
+            return self.busy > 0
+
+    def _loop(self) -> None:
+        me = threading.current_thread().name
+        d = self.daemon
+        stage: Stage | None = None
+        try:
+            while not self.stop.is_set():
+                d.health.beat(me)
+                if stage is None:
+                    stage = self._open(me)
+                    if stage is None:
+                        self.stop.wait(d.config.daemon.retry_backoff_seconds or 5.0)
+                        continue
+                runner = ItemRunner(stage, d.config, d.spool, self.stop, d.backoff, d.disk_full)
+                worked = False
+                for item in stage.candidates():
+                    if self.stop.is_set():
+                        break
+                    with self._busy_lock:
+                        self.busy += 1
+                    d.health.beat(me, busy_limit=stage.time_limit)
+                    try:
+                        did = runner.run(item)
+                    finally:
+                        with self._busy_lock:
+                            self.busy -= 1
+                        d.health.beat(me)
+                    if did:
+                        worked = True
+                        d.wake(DOWNSTREAM[self.name])
+                if not worked:
+                    self.wake.wait(d.config.inbox.rescan_seconds)
+                    self.wake.clear()
+        except Exception as exc:  # a bug in the loop itself: log loudly; the health check stops WATCHDOG=1
+            log.exception("worker thread crashed", stage=self.name, error=str(exc))
+        finally:
+            if stage is not None:
+                try:
+                    stage.close()
+                except Exception as exc:
+                    log.warning("closing stage failed", stage=self.name, error=str(exc))
+            d.health.forget(me)
+
+    def _open(self, me: str) -> Stage | None:
+        try:
+            stage = self.factory()
+            started = time.monotonic()
+            stage.open()
+            log.info("stage ready", stage=self.name, worker=me, duration_s=round(time.monotonic() - started, 3))
+            self.open_failed = None
+            return stage
+        except Exception as exc:
+            self.open_failed = f"{type(exc).__name__}: {exc}"
+            log.error("stage cannot start; retrying", stage=self.name, error=self.open_failed)
+            return None
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+
+class Daemon:
+    def __init__(self, config: Config, exit_when_idle: bool = False, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.exit_when_idle = exit_when_idle
+        self.notifier = notifier or Notifier()
+        self.spool = Spool(config.paths.root)
+        self.backoff = Backoff()
+        self.disk_full = threading.Event()
+        self.health = Health(config.daemon.heartbeat_timeout_seconds)
+        self.stopping = threading.Event()
+        self._reload_requested = False
+        self.pools: dict[str, WorkerPool] = {}
+        self.trainer: TrainerWorker | None = None
+        self.scanner = InboxScanner(self.spool.layout.inbox, config.inbox)
+        self._observer: Any = None
+        self.exit_code = 0
+
+    # ---------------------------------------------------------------------------------------- signals
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping.set()
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self._reload_requested = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    # ---------------------------------------------------------------------------------------- pools
+    def _factories(self) -> dict[str, Callable[[], Stage]]:
+        from .stages.segment import SegmentStage
+        from .stages.separate import SeparateStage
+        from .stages.transcribe import TranscribeStage
+
+        c, s = self.config, self.spool
+        return {
+            "ingest": lambda: IngestStage(c, s, self.scanner),
+            "separate": lambda: SeparateStage(c, s),
+            "segment": lambda: SegmentStage(c, s),
+            "transcribe": lambda: TranscribeStage(c, s),
+            "accept": lambda: AcceptStage(c, s),
+        }
+
+    def start_workers(self) -> None:
+        factories = self._factories()
+        sizes = self.config.daemon.workers
+        for name in STAGES:
+            pool = WorkerPool(name, factories[name], getattr(sizes, name), self)
+            self.pools[name] = pool
+            pool.start()
+        self.trainer = TrainerWorker(self.config, self.spool, self.health, exit_when_idle=self.exit_when_idle)
+        self.trainer.start()
+
+    def stop_workers(self, timeout: float) -> None:
+        for pool in self.pools.values():
+            pool.stop.set()
+            pool.wake.set()
+        if self.trainer is not None:
+            self.trainer.request_stop()
+        deadline = time.monotonic() + timeout
+        for pool in self.pools.values():
+            pool.join(max(0.0, deadline - time.monotonic()))
+        if self.trainer is not None:
+            self.trainer.join(max(1.0, deadline - time.monotonic()))
+        self.pools = {}
+        self.trainer = None
+
+    def wake(self, stage: str) -> None:
+        if stage == "train":
+            if self.trainer is not None:
+                self.trainer.wake.set()
+        elif stage in self.pools:
+            self.pools[stage].wake.set()
+
+    # ---------------------------------------------------------------------------------------- watching
+    def start_observer(self) -> None:
+        try:
+            from watchdog.events import FileSystemEvent, FileSystemEventHandler
+            from watchdog.observers import Observer
+            from watchdog.observers.polling import PollingObserver
+        except ImportError:  # pragma: no cover - watchdog is a dependency; rescans still work without it
+            return
+        daemon = self
+
+        class Wake(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                daemon.wake("ingest")
+
+        cfg = self.config.inbox
+        observer = PollingObserver(timeout=cfg.poll_interval_seconds) if cfg.polling else Observer()
+        try:
+            observer.schedule(Wake(), str(self.spool.layout.inbox), recursive=True)
+            observer.daemon = True
+            observer.start()
+            self._observer = observer
+        except OSError as exc:  # e.g. inotify watch limit: rescans still find everything
+            log.warning("inbox watcher unavailable; relying on rescans", error=str(exc))
+
+    def stop_observer(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(5)
+            self._observer = None
+
+    # ---------------------------------------------------------------------------------------- main loop
+    def run(self) -> int:
+        layout = self.spool.layout
+        layout.ensure()
+        if os.geteuid() == 0:
+            log.warning("running as root: run the daemon as its own unprivileged user (deploy/ has the unit)")
+        removed = self.spool.cleanup_temporaries()
+        log.info("starting", root=str(layout.root), temporaries_removed=removed, exit_when_idle=self.exit_when_idle)
+        self.start_observer()
+        self.start_workers()
+        self.notifier.ready(status="started")
+        last_status = 0.0
+        idle_rounds = 0
+        while not self.stopping.is_set():
+            self.stopping.wait(0.5)
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload()
+            stale = self.health.stale()
+            if not stale:
+                self.notifier.watchdog()
+            elif time.monotonic() - last_status > 5:
+                log.error("workers not responding: withholding WATCHDOG=1", threads=stale)
+            if time.monotonic() - last_status > 5:
+                last_status = time.monotonic()
+                self._publish_status()
+            if self.exit_when_idle:
+                failed_open = [p.name for p in self.pools.values() if p.open_failed]
+                if failed_open and self._has_work_for(failed_open):
+                    log.error("cannot finish: a stage cannot start", stages=failed_open,
+                              error=self.pools[failed_open[0]].open_failed)
+                    self.exit_code = 1
+                    break
+                idle_rounds = idle_rounds + 1 if self.is_idle() else 0
+                if idle_rounds >= 3:
+                    log.info("no work left; exiting")
+                    break
+        self.notifier.stopping(status="stopping")
+        log.info("stopping")
+        self.stop_workers(timeout=60.0)
+        self.stop_observer()
+        self._publish_status(final=True)
+        log.info("stopped", exit_code=self.exit_code)
+        return self.exit_code
+
+    def _has_work_for(self, stages: list[str]) -> bool:
+        return any(self.spool.count(_source_of(s)) > 0 for s in stages if _source_of(s) != "inbox")
+
+    def is_idle(self) -> bool:
+        if any(p.is_busy() for p in self.pools.values()):
+            return False
+        if self.trainer is not None and (self.trainer.busy or self.trainer.due_voices()):
+            return False
+        scan = self.scanner.scan()
+        if scan.ready or scan.pending:
+            return False
+        return all(self.spool.count(s) == 0 for s in ("raw", "vocals", "audio", "transcribed"))
+
+    def reload(self) -> None:
+        source = self.config.source
+        if source is None:
+            log.warning("reload requested but the config was not loaded from a file")
+            return
+        self.notifier.reloading()
+        try:
+            new = load_config(source)
+        except ConfigError as exc:
+            log.error("reload refused: the new config is invalid; keeping the running one", problems=exc.problems)
+            self.notifier.ready(status="reload refused: invalid config")
+            return
+        log.info("reloading configuration", source=str(source))
+        self.stop_workers(timeout=60.0)
+        self.stop_observer()
+        self.config = new
+        self.spool = Spool(new.paths.root)
+        self.spool.layout.ensure()
+        self.scanner = InboxScanner(self.spool.layout.inbox, new.inbox)
+        self.health = Health(new.daemon.heartbeat_timeout_seconds)
+        self.start_observer()
+        self.start_workers()
+        self.notifier.ready(status="reloaded")
+
+    def _publish_status(self, final: bool = False) -> None:
+        try:
+            status = collect(self.config)
+            text = one_line(status)
+            if self.disk_full.is_set():
+                text = "DISK FULL (retrying) | " + text
+            self.notifier.status(text)
+            write_daemon_info(self.spool.layout, {
+                "state": "stopped" if final else "running", "disk_full": self.disk_full.is_set(),
+                "stages": status["stages"], "started_by": Path(str(self.config.source or "")).name,
+            })
+        except OSError as exc:
+            log.warning("cannot publish status", error=str(exc))
+
+
+def _source_of(stage: str) -> str:
+    return {"ingest": "inbox", "separate": "raw", "segment": "vocals", "transcribe": "audio",
+            "accept": "transcribed"}[stage]
+
+
+def run_daemon(config: Config, exit_when_idle: bool) -> int:
+    daemon = Daemon(config, exit_when_idle=exit_when_idle)
+    daemon.install_signal_handlers()
+    return daemon.run()
