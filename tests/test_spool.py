@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from ttsft_daemon import spool as spool_mod
+from ttsft_daemon.spool import TMP_PREFIX, Spool, atomic_write_bytes, tmp_name
+
+
+@pytest.fixture
+def sp(tmp_path: Path) -> Spool:
+    s = Spool(tmp_path)
+    s.layout.ensure()
+    return s
+
+
+def _commit(sp: Spool, spool: str, item_id: str, data: bytes = b"RIFF....", ext: str = "wav") -> None:
+    tmp = sp.tmp_payload(spool, item_id, ext)
+    tmp.write_bytes(data)
+    sp.commit_item(spool, item_id, tmp, ext, {"job_id": "j1"})
+
+
+def test_items_are_listed_only_once_committed(sp: Spool) -> None:
+    tmp = sp.tmp_payload("audio", "c1", "wav")
+    tmp.write_bytes(b"x")
+    assert sp.items("audio") == []  # a temporary is invisible
+    os.replace(tmp, sp.layout.spool("audio") / "c1.wav")
+    assert sp.items("audio") == []  # payload without sidecar: not committed yet
+    (sp.layout.spool("audio") / "c1.json").write_text(json.dumps({"payload": "c1.wav"}))
+    assert [i.id for i in sp.items("audio")] == ["c1"]
+
+
+def test_raw_items_keep_their_extension(sp: Spool) -> None:
+    _commit(sp, "raw", "abc", b"ID3", "mp3")
+    (item,) = sp.items("raw")
+    assert item.payload.name == "abc.mp3"
+    assert item.meta()["payload"] == "abc.mp3"
+
+
+def test_remove_item_removes_sidecar_first_and_both(sp: Spool) -> None:
+    _commit(sp, "vocals", "j1")
+    (item,) = sp.items("vocals")
+    sp.remove_item(item)
+    assert sp.items("vocals") == [] and not item.payload.exists()
+
+
+def _hold_claim(root: str, key: str, ready: mp.synchronize.Event, release: mp.synchronize.Event) -> None:
+    s = Spool(Path(root))
+    c = s.try_claim(key)
+    assert c is not None
+    ready.set()
+    release.wait(30)
+    c.release()
+
+
+def test_claims_exclude_other_processes_and_threads(sp: Spool) -> None:
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_hold_claim, args=(str(sp.layout.root), "k", ready, release))
+    p.start()
+    try:
+        assert ready.wait(30)
+        assert sp.try_claim("k") is None  # held by the other process
+    finally:
+        release.set()
+        p.join(30)
+    c = sp.try_claim("k")
+    assert c is not None
+    got: list[object] = []
+    t = threading.Thread(target=lambda: got.append(sp.try_claim("k")))
+    t.start()
+    t.join()
+    assert got == [None]  # another thread of the same process cannot take it either
+    c.release(done=True)
+    assert not (sp.layout.locks / "k.lock").exists()
+
+
+def test_update_job_is_serialised_across_threads(sp: Spool) -> None:
+    def bump() -> None:
+        for _ in range(25):
+            sp.update_job("j", lambda job: job.__setitem__("n", job.get("n", 0) + 1))
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sp.read_job("j")["n"] == 100  # type: ignore[index]
+
+
+def test_quarantine_moves_files_and_writes_reason(sp: Spool) -> None:
+    f = sp.layout.inbox / "bad file.mp3"
+    f.write_bytes(b"not audio")
+    err = sp.quarantine([f], "ingest", "not a readable media file", "moov atom not found")
+    assert not f.exists()
+    assert (sp.layout.failed / "bad file.mp3").read_bytes() == b"not audio"
+    rep = json.loads(err.read_text())
+    assert rep["stage"] == "ingest" and rep["reason"] == "not a readable media file"
+    # the same name again does not overwrite the first
+    f.write_bytes(b"second")
+    sp.quarantine([f], "ingest", "again")
+    assert (sp.layout.failed / "bad file.mp3").read_bytes() == b"not audio"
+    assert len(list(sp.layout.failed.glob("*.error.json"))) == 2
+
+
+def test_quarantine_never_follows_a_symlink(sp: Spool, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private")
+    link = sp.layout.inbox / "evil.mp3"
+    link.symlink_to(secret)
+    err = sp.quarantine([link], "ingest", "symbolic link")
+    assert secret.read_text() == "private"
+    assert not link.is_symlink()
+    assert json.loads(err.read_text())["files"][0]["symlink_to"] == str(secret)
+    assert not (sp.layout.failed / "evil.mp3").exists()
+
+
+def test_cleanup_removes_temporaries_of_dead_processes_only(sp: Spool) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    host = spool_mod._HOST
+    folder = sp.layout.spool("audio")
+    stale = folder / f"{TMP_PREFIX}{host}.{dead_pid}.abcd.c1.wav"
+    stale.write_bytes(b"half")
+    mine = tmp_name(folder / "c2.wav")
+    mine.write_bytes(b"in progress")
+    other_host = folder / f"{TMP_PREFIX}otherhost.{dead_pid}.abcd.c3.wav"
+    other_host.write_bytes(b"theirs")
+    assert sp.cleanup_temporaries() == 1
+    assert not stale.exists() and mine.exists() and other_host.exists()
+
+
+def test_atomic_write_never_leaves_a_partial_file(sp: Spool) -> None:
+    dest = sp.layout.root / "x.json"
+    atomic_write_bytes(dest, b"old")
+    spool_mod.set_fault(1, "enospc")
+    try:
+        with pytest.raises(OSError):
+            atomic_write_bytes(dest, b"new")
+    finally:
+        spool_mod.set_fault(0)
+    assert dest.read_bytes() == b"old"
+    assert [p.name for p in sp.layout.root.iterdir() if p.name.startswith(TMP_PREFIX)] == []
