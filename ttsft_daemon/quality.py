@@ -1,0 +1,446 @@
+"""The clip quality gate: keep only clips whose transcript can be trusted and whose audio is clean speech.
+
+`QualityGate.assess()` measures a clip and its Whisper transcript and returns a `QualityReport`.
+Every measured value is in `details`; `reasons` lists the machine-readable codes of the rules that
+rejected the clip. Any reason rejects.
+
+Rules (thresholds from `QualityConfig`):
+
+- ``empty_text``: no letter or digit in the transcript.
+- ``non_speech_text``: the transcript holds sound-event annotations ("[Music]", "(applause)", "♪").
+- ``no_speech``: Whisper's highest segment no-speech probability is above ``max_no_speech_prob``,
+  or the audio itself is digital silence (loud frames below -60 dBFS).
+- ``hallucination_phrase``: the normalised text contains a well-known Whisper hallucination
+  (subtitle credits, "thank you for watching", "please subscribe", "Amara.org" ...), or is nothing
+  but a phrase Whisper invents on silence and music ("you", "thank you", "bye" ...).
+- ``compression_ratio``: the text compresses too well (repetition loops), per Whisper's segments or
+  the whole text.
+- ``repeated_ngram``: a word 3-gram occurs more than ``max_repeated_ngram`` times.
+- ``low_confidence``: duration-weighted mean token log-probability below ``min_avg_logprob``, or
+  mean word probability below ``min_word_probability``.
+- ``speaking_rate_low`` / ``speaking_rate_high``: characters of the normalised text (letters,
+  digits, spaces) per second of the voiced span, outside [min_chars_per_second, max_chars_per_second].
+  Too slow usually means Whisper skipped words; too fast, that it invented them.
+- ``word_cut_at_start`` / ``word_cut_at_end``: the first word starts (last word ends) within
+  ``edge_word_seconds`` of the clip's edge. Word edges are measured on the audio: a 10 ms frame is
+  sound when its RMS is within ``voiced_threshold_db`` of the clip's loud frames (95th percentile)
+  and 6 dB above its quiet ones (10th percentile). Whisper's own word times are kept in `details`
+  but not used for this: faster-whisper tiny.en dates the first word at 0.0 s even after 100 ms of
+  silence, and its last word end lagged a mid-word cut by up to 100 ms (both measured).
+- ``dnsmos_low``: DNSMOS overall (OVRL, P.835) below ``min_dnsmos``. Skipped, with a warning in the log
+  and ``details["dnsmos_status"]``, when DNSMOS is off or its model cannot run.
+- ``too_many_phonemes``: more espeak-ng phonemes than ``max_phonemes``, counted with Piper's own
+  phonemizer exactly as the trainer does (punctuation and word spaces included).
+- ``low_quality_score``: the score below is under ``min_quality``.
+
+Score (0-1), documented here because users tune ``min_quality`` against it::
+
+    confidence    = 0.5 * exp(avg_logprob) + 0.5 * mean_word_probability     (0 without words)
+    audio_quality = clip((DNSMOS_OVRL - 1) / 2.5, 0, 1)                     (OVRL 3.5 or better = 1)
+    base          = 0.6 * confidence + 0.4 * audio_quality                  (confidence alone without DNSMOS)
+    score         = base * (1 - 0.5 * max_no_speech_prob)                   soft penalty: Whisper doubts speech
+                         * (1 - 0.5 * share_of_words_below_0.3_probability)  soft penalty: unsure words
+                         * 0.9 per clip edge with less than 50 ms of silence   soft penalty: tight edge
+
+The soft penalties never reject on their own; they lower the score (values in ``details["penalties"]``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+import zlib
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soxr
+
+from .config import QualityConfig
+from .logs import get_logger
+from .textnorm import normalize_for_tts, normalize_for_wer
+from .transcription import Transcript
+
+log = get_logger(__name__)
+
+DNSMOS_RATE = 16000
+DNSMOS_WINDOW_SECONDS = 9.01  # DNSMOS scores 9.01 s windows; shorter input is tiled to that length
+FRAME_SECONDS = 0.01
+SILENT_DBFS = -60.0
+TIGHT_EDGE_SECONDS = 0.05
+UNSURE_WORD_PROBABILITY = 0.3
+NGRAM = 3
+
+# Phrases that Whisper writes on silence, music and noise (it learned them from subtitle files).
+# Matched on normalize_for_wer() text, as whole words, anywhere in the transcript.
+HALLUCINATION_PHRASES: tuple[str, ...] = (
+    "thank you for watching", "thanks for watching", "thank you so much for watching",
+    "please subscribe", "like and subscribe", "subscribe to my channel", "subscribe to the channel",
+    "subscribe to our channel", "dont forget to subscribe", "hit the bell", "see you in the next video",
+    "amara org", "subtitles by", "subtitled by", "subtitles made by", "subtitles created by",
+    "captions by", "captioning by", "closed captioning", "transcribed by", "transcription by",
+    "translated by", "translation by", "all rights reserved", "www",
+    "untertitel im auftrag", "untertitelung des", "untertitel von", "sous titrage", "sous titres",
+    "subtítulos realizados por", "subtítulos por", "sottotitoli creati", "sottotitoli a cura",
+    "ondertiteling door", "продолжение следует", "редактор субтитров", "ご視聴ありがとうございました",
+)
+# Whole transcripts that are, alone, Whisper's usual output for a clip without speech.
+HALLUCINATION_WHOLE: frozenset[str] = frozenset({
+    "you", "thank you", "thank you very much", "thank you so much", "thanks", "thank you thank you",
+    "bye", "bye bye", "goodbye", "so", "oh", "uh", "um", "hmm", "mm", "okay", "the end", "music",
+    "applause", "silence", "blank audio", "foreign", "i", "a", "ah", "wow", "yeah", "and",
+})
+
+_ANNOTATION = re.compile(r"\[[^\]]*\]|\((?:\s*\S+){1,4}\s*\)|\*[^*]+\*|[♪♫♬♩🎵🎶]")
+_ESPEAK_LOCK = threading.Lock()  # espeak-ng is one global C state: one caller at a time
+
+
+@dataclass
+class QualityReport:
+    accept: bool
+    score: float
+    reasons: list[str]
+    details: dict[str, Any] = field(default_factory=dict)
+    normalized_text: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_hallucination_phrase(text: str, extra_phrases: tuple[str, ...] = ()) -> bool:
+    """True when the text holds a known Whisper hallucination, or is only a silence/music filler."""
+    norm = normalize_for_wer(text)
+    if not norm:
+        return False
+    if norm in HALLUCINATION_WHOLE:
+        return True
+    padded = f" {norm} "
+    extra = tuple(normalize_for_wer(p) for p in extra_phrases)
+    return any(phrase and f" {phrase} " in padded for phrase in (*HALLUCINATION_PHRASES, *extra))
+
+
+def sound_annotations(text: str) -> list[str]:
+    """Sound-event annotations in a transcript: "[Music]", "(applause)", "*laughs*", "♪"."""
+    return [m.group(0) for m in _ANNOTATION.finditer(text)]
+
+
+def has_words(text: str) -> bool:
+    return any(c.isalnum() for c in text)
+
+
+def text_compression_ratio(text: str) -> float:
+    """Whisper's measure: UTF-8 length over zlib-compressed length."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def max_ngram_count(words: list[str], n: int = NGRAM) -> int:
+    if len(words) < n:
+        return 0
+    counts = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    return max(counts.values())
+
+
+# ---------------------------------------------------------------------------------------- audio
+
+
+@dataclass(frozen=True)
+class Voicing:
+    """Where sound is in a clip (times in seconds; onset/offset None when nothing is loud enough)."""
+
+    duration: float
+    loud_dbfs: float
+    quiet_dbfs: float
+    threshold_dbfs: float
+    onset: float | None
+    offset: float | None
+
+    @property
+    def silent(self) -> bool:
+        return self.loud_dbfs < SILENT_DBFS
+
+    @property
+    def lead_silence(self) -> float | None:
+        return self.onset
+
+    @property
+    def trail_silence(self) -> float | None:
+        return None if self.offset is None else max(0.0, self.duration - self.offset)
+
+    @property
+    def span(self) -> float:
+        return 0.0 if self.onset is None or self.offset is None else self.offset - self.onset
+
+
+def _dbfs(rms: float) -> float:
+    return 20.0 * math.log10(max(rms, 1e-10))
+
+
+def measure_voicing(samples: np.ndarray, sr: int, threshold_db: float = -35.0) -> Voicing:
+    """Frame RMS in 10 ms frames; sound = within threshold_db of the loud frames, 6 dB over the quiet ones."""
+    duration = len(samples) / sr if sr else 0.0
+    frame = max(1, int(sr * FRAME_SECONDS))
+    n_frames = len(samples) // frame
+    if n_frames == 0:
+        return Voicing(duration, -200.0, -200.0, 0.0, None, None)
+    frames = samples[: n_frames * frame].reshape(n_frames, frame).astype(np.float64)
+    rms = np.sqrt(np.mean(frames**2, axis=1))
+    loud, quiet = float(np.percentile(rms, 95)), float(np.percentile(rms, 10))
+    threshold = max(loud * 10 ** (threshold_db / 20), quiet * 2.0, 10 ** (SILENT_DBFS / 20))
+    sounding = np.flatnonzero(rms >= threshold)
+    onset = float(sounding[0] * frame / sr) if len(sounding) else None
+    offset = float(min((sounding[-1] + 1) * frame, len(samples)) / sr) if len(sounding) else None
+    if len(samples) - n_frames * frame and offset is not None and sounding[-1] == n_frames - 1:
+        offset = duration  # the short tail after the last whole frame belongs to that frame's sound
+    return Voicing(duration, _dbfs(loud), _dbfs(quiet), _dbfs(threshold), onset, offset)
+
+
+def to_mono_float(samples: np.ndarray) -> np.ndarray:
+    audio = np.asarray(samples)
+    if audio.dtype.kind in "iu":
+        audio = audio.astype(np.float32) / float(np.iinfo(audio.dtype).max)
+    audio = audio.astype(np.float32)
+    return audio.mean(axis=1) if audio.ndim > 1 else audio
+
+
+# ---------------------------------------------------------------------------------------- models
+
+
+class DnsmosScorer:
+    """DNSMOS from the speechmos package (its ONNX models ship in the wheel), loaded once.
+
+    DNSMOS rates 9.01 s windows. A clip is cut into equal pieces of at most one window, each piece
+    repeated to exactly one window (as speechmos itself repeats short input), so each piece costs one
+    model run; the piece scores are averaged, weighted by length. `status` is "ok" or says why
+    DNSMOS is unusable.
+    """
+
+    def __init__(self, model_dir: Path | None = None) -> None:
+        """`model_dir` holds sig_bak_ovr.onnx and model_v8.onnx (default: the ones speechmos ships)."""
+        self.status = "ok"
+        self._model: Any = None
+        try:
+            import speechmos
+            from speechmos.dnsmos import DNSMOS
+
+            folder = model_dir or Path(speechmos.__file__).resolve().parent / "dnsmos_models"
+            self._model = DNSMOS(str(folder / "sig_bak_ovr.onnx"), str(folder / "model_v8.onnx"))
+            self.score(0.01 * np.random.default_rng(0).standard_normal(DNSMOS_RATE).astype(np.float32))
+        except Exception as exc:  # any failure of an optional scorer only disables it
+            self._model = None
+            self.status = f"unusable: {type(exc).__name__}: {exc}"
+
+    @property
+    def usable(self) -> bool:
+        return self._model is not None
+
+    def score(self, audio16k: np.ndarray) -> dict[str, float]:
+        """{ovrl, sig, bak, p808} of mono float audio at 16 kHz."""
+        audio = np.clip(np.asarray(audio16k, dtype=np.float32), -1.0, 1.0)
+        window = int(DNSMOS_WINDOW_SECONDS * DNSMOS_RATE)
+        pieces = np.array_split(audio, max(1, math.ceil(len(audio) / window)))
+        totals = {"ovrl": 0.0, "sig": 0.0, "bak": 0.0, "p808": 0.0}
+        for piece in pieces:
+            # Exactly one window: speechmos doubles short input until it passes 9.01 s and then slides
+            # over all of it in 1 s hops (a 9 s clip would become 18 s and 9 model runs).
+            result = self._model(np.resize(piece, window), DNSMOS_RATE, False)
+            for key in totals:
+                totals[key] += float(result[f"{key}_mos"]) * len(piece) / len(audio)
+        return totals
+
+
+class PhonemeCounter:
+    """Counts phonemes with Piper's espeak-ng phonemizer, as piper.train does for its dataset."""
+
+    def __init__(self, voice: str) -> None:
+        self.voice = voice
+        self.status = "ok"
+        self._phonemizer: Any = None
+        try:
+            from piper.phonemize_espeak import EspeakPhonemizer
+
+            with _ESPEAK_LOCK:
+                self._phonemizer = EspeakPhonemizer()
+                self._phonemizer.phonemize(voice, "test")
+        except Exception as exc:  # an unusable phonemizer only disables the check
+            self._phonemizer = None
+            self.status = f"unusable: {type(exc).__name__}: {exc}"
+
+    @property
+    def usable(self) -> bool:
+        return self._phonemizer is not None
+
+    def count(self, text: str) -> int:
+        with _ESPEAK_LOCK:
+            sentences: list[list[str]] = self._phonemizer.phonemize(self.voice, text)
+        return sum(len(s) for s in sentences)
+
+
+# ------------------------------------------------------------------------------------------ gate
+
+
+class QualityGate:
+    """Scores clips; loads DNSMOS and the phonemizer once. One gate per worker thread."""
+
+    def __init__(self, cfg: QualityConfig, espeak_voice: str = "en-us", *,
+                 min_word_probability: float = 0.5, voiced_threshold_db: float = -35.0,
+                 hallucination_phrases: tuple[str, ...] = (), dnsmos_model_dir: Path | None = None) -> None:
+        self.cfg = cfg
+        self.min_word_probability = min_word_probability
+        self.voiced_threshold_db = voiced_threshold_db
+        self.extra_phrases = hallucination_phrases
+        self.dnsmos: DnsmosScorer | None = None
+        if cfg.dnsmos:
+            self.dnsmos = DnsmosScorer(dnsmos_model_dir)
+            if not self.dnsmos.usable:
+                log.warning("DNSMOS check skipped: model unusable", status=self.dnsmos.status)
+        self.phonemes = PhonemeCounter(espeak_voice)
+        if not self.phonemes.usable:
+            log.warning("phoneme count check skipped: phonemizer unusable", status=self.phonemes.status)
+
+    @property
+    def dnsmos_status(self) -> str:
+        return "disabled" if self.dnsmos is None else self.dnsmos.status
+
+    def assess(self, t: Transcript, samples: np.ndarray, sr: int) -> QualityReport:
+        audio = to_mono_float(samples)
+        voicing = measure_voicing(audio, sr, self.voiced_threshold_db)
+        tts_text = normalize_for_tts(t.text, t.language or "en")
+        wer_text = normalize_for_wer(t.text, t.language or "en")
+        details: dict[str, Any] = {"duration": round(voicing.duration, 3)}
+        reasons: list[str] = []
+        reasons += self._text_rules(t, wer_text, details)
+        reasons += self._confidence_rules(t, details)
+        reasons += self._audio_rules(t, voicing, wer_text, details)
+        reasons += self._dnsmos_rule(audio, sr, voicing, details)
+        reasons += self._phoneme_rule(tts_text, details)
+        score = self._score(t, voicing, details)
+        if score < self.cfg.min_quality:
+            reasons.append("low_quality_score")
+        reasons = list(dict.fromkeys(reasons))
+        return QualityReport(not reasons, score, reasons, details, tts_text)
+
+    # ---- rules; each returns its reason codes and records what it measured
+
+    def _text_rules(self, t: Transcript, wer_text: str, details: dict[str, Any]) -> list[str]:
+        cfg = self.cfg
+        annotations = sound_annotations(t.text)
+        words = wer_text.split()
+        ratio = max(t.max_compression_ratio, text_compression_ratio(t.text))
+        ngram = max_ngram_count(words)
+        hallucination = is_hallucination_phrase(t.text, self.extra_phrases)
+        details.update(text_chars=len(wer_text), word_count=len(words), annotations=annotations,
+                       compression_ratio=round(ratio, 4), max_ngram_count=ngram,
+                       hallucination_phrase=hallucination, max_no_speech_prob=t.max_no_speech_prob)
+        reasons: list[str] = []
+        if not has_words(t.text):
+            reasons.append("empty_text")
+        if annotations:
+            reasons.append("non_speech_text")
+        if t.max_no_speech_prob > cfg.max_no_speech_prob:
+            reasons.append("no_speech")
+        if hallucination:
+            reasons.append("hallucination_phrase")
+        if ratio > cfg.max_compression_ratio:
+            reasons.append("compression_ratio")
+        if ngram > cfg.max_repeated_ngram:
+            reasons.append("repeated_ngram")
+        return reasons
+
+    def _confidence_rules(self, t: Transcript, details: dict[str, Any]) -> list[str]:
+        probabilities = [float(w["probability"]) for w in t.words]
+        mean_probability = float(np.mean(probabilities)) if probabilities else 0.0
+        unsure = sum(p < UNSURE_WORD_PROBABILITY for p in probabilities) / len(probabilities) \
+            if probabilities else 1.0
+        details.update(avg_logprob=round(t.avg_logprob, 4), mean_word_probability=round(mean_probability, 4),
+                       unsure_word_share=round(unsure, 4))
+        if not has_words(t.text):
+            return []
+        low = t.avg_logprob < self.cfg.min_avg_logprob or mean_probability < self.min_word_probability
+        return ["low_confidence"] if low else []
+
+    def _audio_rules(self, t: Transcript, v: Voicing, wer_text: str, details: dict[str, Any]) -> list[str]:
+        cfg = self.cfg
+        rate = len(wer_text) / v.span if v.span >= 0.1 else None
+        details.update(
+            loud_dbfs=round(v.loud_dbfs, 2), quiet_dbfs=round(v.quiet_dbfs, 2),
+            voiced_threshold_dbfs=round(v.threshold_dbfs, 2), voiced_span=round(v.span, 3),
+            lead_silence=_maybe_round(v.lead_silence), trail_silence=_maybe_round(v.trail_silence),
+            whisper_first_word_start=t.words[0]["start"] if t.words else None,
+            whisper_last_word_end=t.words[-1]["end"] if t.words else None,
+            chars_per_second=_maybe_round(rate, 2),
+        )
+        reasons: list[str] = []
+        if v.silent:
+            reasons.append("no_speech")
+        if not has_words(t.text) or v.onset is None:
+            return reasons
+        if rate is not None and rate < cfg.min_chars_per_second:
+            reasons.append("speaking_rate_low")
+        if rate is not None and rate > cfg.max_chars_per_second:
+            reasons.append("speaking_rate_high")
+        if (v.lead_silence or 0.0) < cfg.edge_word_seconds:
+            reasons.append("word_cut_at_start")
+        if (v.trail_silence or 0.0) < cfg.edge_word_seconds:
+            reasons.append("word_cut_at_end")
+        return reasons
+
+    def _dnsmos_rule(self, audio: np.ndarray, sr: int, v: Voicing, details: dict[str, Any]) -> list[str]:
+        details["dnsmos_status"] = self.dnsmos_status
+        if self.dnsmos is None or not self.dnsmos.usable:
+            return []
+        if v.silent or len(audio) == 0:
+            details["dnsmos_status"] = "skipped: silent clip"
+            return []
+        audio16k = audio if sr == DNSMOS_RATE else soxr.resample(audio, sr, DNSMOS_RATE)
+        started = time.monotonic()
+        try:
+            scores = self.dnsmos.score(audio16k)
+        except Exception as exc:  # a scorer failure on one clip must not stop the stage
+            log.warning("DNSMOS failed on a clip; check skipped", error=f"{type(exc).__name__}: {exc}")
+            details["dnsmos_status"] = f"failed: {type(exc).__name__}: {exc}"
+            return []
+        details["dnsmos_seconds"] = round(time.monotonic() - started, 3)
+        details.update({f"dnsmos_{k}": round(s, 3) for k, s in scores.items()})
+        if not math.isfinite(scores["ovrl"]):
+            details["dnsmos_status"] = "failed: not a number"
+            return []
+        return ["dnsmos_low"] if scores["ovrl"] < self.cfg.min_dnsmos else []
+
+    def _phoneme_rule(self, tts_text: str, details: dict[str, Any]) -> list[str]:
+        details["phonemes_status"] = self.phonemes.status
+        if not self.phonemes.usable or not tts_text:
+            details["phoneme_count"] = 0
+            return []
+        count = self.phonemes.count(tts_text)
+        details["phoneme_count"] = count
+        return ["too_many_phonemes"] if count > self.cfg.max_phonemes else []
+
+    # ---- score
+
+    def _score(self, t: Transcript, v: Voicing, details: dict[str, Any]) -> float:
+        if has_words(t.text) and t.words:
+            confidence = 0.5 * math.exp(min(t.avg_logprob, 0.0)) + 0.5 * details["mean_word_probability"]
+        else:
+            confidence = 0.0
+        ovrl = details.get("dnsmos_ovrl")
+        audio_quality = None if ovrl is None else min(max((float(ovrl) - 1.0) / 2.5, 0.0), 1.0)
+        base = confidence if audio_quality is None else 0.6 * confidence + 0.4 * audio_quality
+        tight = sum(1 for gap in (v.lead_silence, v.trail_silence) if gap is not None and gap < TIGHT_EDGE_SECONDS)
+        penalties = {
+            "no_speech_doubt": 1.0 - 0.5 * min(max(t.max_no_speech_prob, 0.0), 1.0),
+            "unsure_words": 1.0 - 0.5 * details["unsure_word_share"],
+            "tight_edges": 0.9**tight,
+        }
+        score = base * math.prod(penalties.values())
+        details.update(confidence=round(confidence, 4), audio_quality=_maybe_round(audio_quality),
+                       penalties={k: round(p, 4) for k, p in penalties.items()})
+        return round(min(max(float(score), 0.0), 1.0), 4)
+
+
+def _maybe_round(value: float | None, places: int = 4) -> float | None:
+    return None if value is None else round(float(value), places)

@@ -1,0 +1,172 @@
+"""faster-whisper transcription of clips, with the per-segment and per-word evidence the quality gate needs.
+
+One `Transcriber` loads its Whisper model once and then transcribes many clips. Whisper's own
+"no speech" filter is turned off (`no_speech_threshold=None`) so that every segment it decodes
+reaches the quality gate together with its `no_speech_prob`: the gate, not the decoder, decides,
+and the clip's JSON shows what Whisper heard even on a rejected clip.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .config import TranscriptionConfig
+from .errors import ConfigError, RejectedInput
+from .logs import get_logger
+
+log = get_logger(__name__)
+
+WHISPER_SAMPLE_RATE = 16000
+
+
+@dataclass
+class Transcript:
+    """What Whisper heard in one clip.
+
+    `segments`: dicts with start, end, text, avg_logprob, no_speech_prob, compression_ratio.
+    `words`: dicts with start, end, word, probability. The aggregates cover all segments:
+    `avg_logprob` is weighted by segment duration; with no segment at all, avg_logprob is 0.0,
+    max_no_speech_prob is 1.0 and max_compression_ratio 0.0 (the text is empty).
+    """
+
+    text: str
+    language: str
+    language_probability: float
+    duration: float
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    words: list[dict[str, Any]] = field(default_factory=list)
+    avg_logprob: float = 0.0
+    max_no_speech_prob: float = 1.0
+    max_compression_ratio: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Transcript:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    @classmethod
+    def build(cls, text: str, language: str, language_probability: float, duration: float,
+              segments: list[dict[str, Any]], words: list[dict[str, Any]]) -> Transcript:
+        """A Transcript whose aggregates are computed from `segments`."""
+        if not segments:
+            return cls(text.strip(), language, language_probability, duration, [], words)
+        weights = [max(float(s["end"]) - float(s["start"]), 0.01) for s in segments]
+        avg = sum(w * float(s["avg_logprob"]) for w, s in zip(weights, segments, strict=True)) / sum(weights)
+        return cls(
+            text=text.strip(), language=language, language_probability=language_probability,
+            duration=duration, segments=segments, words=words, avg_logprob=avg,
+            max_no_speech_prob=max(float(s["no_speech_prob"]) for s in segments),
+            max_compression_ratio=max(float(s["compression_ratio"]) for s in segments),
+        )
+
+
+def resolve_model(name_or_path: str, models_dir: Path) -> str:
+    """An existing path as is; a name with a local copy under models_dir/whisper/<name>/; else the name."""
+    given = Path(name_or_path).expanduser()
+    if given.exists():
+        return str(given)
+    local = Path(models_dir) / "whisper" / name_or_path
+    if (local / "model.bin").is_file():
+        return str(local)
+    return name_or_path
+
+
+def cuda_available() -> bool:
+    """Whether CTranslate2 sees a CUDA device."""
+    import ctranslate2
+
+    try:
+        return int(ctranslate2.get_cuda_device_count()) > 0
+    except (RuntimeError, OSError):
+        return False
+
+
+def pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    return "cuda" if cuda_available() else "cpu"
+
+
+def pick_compute_type(compute_type: str, device: str) -> str:
+    if compute_type != "auto":
+        return compute_type
+    return "float16" if device == "cuda" else "int8"
+
+
+def _round(value: float, places: int = 4) -> float:
+    return round(float(value), places) if math.isfinite(value) else float(value)
+
+
+class Transcriber:
+    """Loads the Whisper model once; `transcribe()` many clips (safe to call from one thread at a time)."""
+
+    def __init__(self, cfg: TranscriptionConfig, models_dir: Path) -> None:
+        from faster_whisper import WhisperModel
+
+        self.cfg = cfg
+        self.model_path = resolve_model(cfg.model, models_dir)
+        self.device = pick_device(cfg.device)
+        self.compute_type = pick_compute_type(cfg.compute_type, self.device)
+        started = time.monotonic()
+        try:
+            self.model = WhisperModel(self.model_path, device=self.device, compute_type=self.compute_type,
+                                      cpu_threads=cfg.cpu_threads)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ConfigError("transcription.model", [
+                f"cannot load Whisper model {cfg.model!r} (resolved to {self.model_path!r}) on "
+                f"{self.device}/{self.compute_type}: {exc}. Give the path of a CTranslate2 Whisper model "
+                f"folder, put one under {Path(models_dir) / 'whisper' / cfg.model}, or use a model name "
+                "that faster-whisper can download on a host with network access"]) from exc
+        self.load_seconds = time.monotonic() - started
+        log.info("whisper model loaded", model=self.model_path, device=self.device,
+                 compute_type=self.compute_type, seconds=round(self.load_seconds, 3))
+
+    def transcribe(self, wav: Path) -> Transcript:
+        """Transcribe one audio file (any rate or channel count soundfile reads)."""
+        try:
+            samples, sr = sf.read(str(wav), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+            raise RejectedInput("unreadable clip", f"{wav}: {exc}") from exc
+        return self.transcribe_array(samples.mean(axis=1), int(sr))
+
+    def transcribe_array(self, samples: np.ndarray, sr: int) -> Transcript:
+        """Transcribe mono float samples at rate `sr` (resampled to Whisper's 16 kHz here)."""
+        audio = to_whisper_rate(samples, sr)
+        cfg = self.cfg
+        segments_iter, info = self.model.transcribe(
+            audio, language=cfg.language, beam_size=cfg.beam_size, word_timestamps=True,
+            vad_filter=cfg.vad_filter, no_speech_threshold=None, condition_on_previous_text=False,
+        )
+        segments: list[dict[str, Any]] = []
+        words: list[dict[str, Any]] = []
+        for seg in segments_iter:
+            segments.append({
+                "start": _round(seg.start, 3), "end": _round(seg.end, 3), "text": seg.text.strip(),
+                "avg_logprob": _round(seg.avg_logprob), "no_speech_prob": _round(seg.no_speech_prob),
+                "compression_ratio": _round(seg.compression_ratio),
+            })
+            words.extend({"start": _round(w.start, 3), "end": _round(w.end, 3), "word": w.word.strip(),
+                          "probability": _round(w.probability)} for w in seg.words or [])
+        text = " ".join(s["text"] for s in segments if s["text"])
+        return Transcript.build(text, info.language, _round(info.language_probability),
+                                _round(len(audio) / WHISPER_SAMPLE_RATE, 3), segments, words)
+
+
+def to_whisper_rate(samples: np.ndarray, sr: int) -> np.ndarray:
+    """Mono float32 at 16 kHz."""
+    mono = np.asarray(samples, dtype=np.float32)
+    if mono.ndim > 1:
+        mono = mono.mean(axis=1)
+    if sr != WHISPER_SAMPLE_RATE and len(mono):
+        mono = soxr.resample(mono, sr, WHISPER_SAMPLE_RATE)
+    return np.ascontiguousarray(mono, dtype=np.float32)
