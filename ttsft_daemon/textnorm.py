@@ -209,15 +209,21 @@ def _times(text: str, language: str) -> str:
     if _lang(language) != "en":
         return text
 
-    def say(m: re.Match[str]) -> str:
-        hour, minute = int(m.group(1)), int(m.group(2))
+    def clock(hour: int, minute: int, o_clock: bool) -> str:
         if minute == 0:
-            return f"{_spell(hour, language)} o'clock" if not m.group(3) else _spell(hour, language)
+            return f"{_spell(hour, language)} o'clock" if o_clock else _spell(hour, language)
         minutes = _spell(minute, language) if minute >= 10 else f"oh {_spell(minute, language)}"
         return f"{_spell(hour, language)} {minutes}"
 
-    text = re.sub(r"\b([01]?\d|2[0-3]):([0-5]\d)\b(?=(\s?[ap]\.?m\.?)?)", say, text)
-    return re.sub(r"\b([ap])\.?m\.?(?=\W|$)", lambda m: f"{m.group(1)} m", text, flags=re.IGNORECASE)
+    def with_meridiem(m: re.Match[str]) -> str:
+        spoken = f"{clock(int(m.group(1)), int(m.group(2) or 0), False)} {m.group(3).lower()} m"
+        # the abbreviation's final dot stays only where it also ends the sentence
+        return spoken + "." if m.group(4) else spoken
+
+    text = re.sub(r"\b(1[0-2]|0?[1-9])(?::([0-5]\d))?\s?([ap])\.?m\b(?:(\.(?=\s*$|\s+(?-i:[A-Z])))|\.)?",
+                  with_meridiem, text, flags=re.IGNORECASE)
+    return re.sub(r"\b([01]?\d|2[0-3]):([0-5]\d)\b",
+                  lambda m: clock(int(m.group(1)), int(m.group(2)), True), text)
 
 
 def _ranges(text: str, language: str) -> str:

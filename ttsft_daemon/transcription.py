@@ -111,7 +111,12 @@ class Transcriber:
     """Loads the Whisper model once; `transcribe()` many clips (safe to call from one thread at a time)."""
 
     def __init__(self, cfg: TranscriptionConfig, models_dir: Path) -> None:
+        import tqdm
         from faster_whisper import WhisperModel
+
+        # faster-whisper makes a (disabled) tqdm bar per call; tqdm would then start a process-wide
+        # monitor thread that polls forever for nothing.
+        tqdm.tqdm.monitor_interval = 0
 
         self.cfg = cfg
         self.model_path = resolve_model(cfg.model, models_dir)
@@ -121,12 +126,10 @@ class Transcriber:
         try:
             self.model = WhisperModel(self.model_path, device=self.device, compute_type=self.compute_type,
                                       cpu_threads=cfg.cpu_threads)
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise ConfigError("transcription.model", [
-                f"cannot load Whisper model {cfg.model!r} (resolved to {self.model_path!r}) on "
-                f"{self.device}/{self.compute_type}: {exc}. Give the path of a CTranslate2 Whisper model "
-                f"folder, put one under {Path(models_dir) / 'whisper' / cfg.model}, or use a model name "
-                "that faster-whisper can download on a host with network access"]) from exc
+        except Exception as exc:  # faster-whisper, CTranslate2 and the hub client raise many kinds
+            where = f"{self.device}/{self.compute_type}"
+            problem = _load_problem(cfg, self.model_path, models_dir, where, exc)
+            raise ConfigError("transcription.model", [problem]) from exc
         self.load_seconds = time.monotonic() - started
         log.info("whisper model loaded", model=self.model_path, device=self.device,
                  compute_type=self.compute_type, seconds=round(self.load_seconds, 3))
@@ -160,6 +163,15 @@ class Transcriber:
         text = " ".join(s["text"] for s in segments if s["text"])
         return Transcript.build(text, info.language, _round(info.language_probability),
                                 _round(len(audio) / WHISPER_SAMPLE_RATE, 3), segments, words)
+
+
+def _load_problem(cfg: TranscriptionConfig, resolved: str, models_dir: Path, where: str, exc: Exception) -> str:
+    problem = f"cannot load Whisper model {cfg.model!r} (resolved to {resolved!r}) on {where}: {exc}. "
+    if "/" in cfg.model or Path(cfg.model).expanduser().exists():
+        return problem + "Give the folder of a CTranslate2 Whisper model (it holds model.bin)"
+    return problem + (f"Put a CTranslate2 Whisper model under {Path(models_dir) / 'whisper' / cfg.model}, "
+                      "give a model folder's path, or use a model name that faster-whisper can download "
+                      "on a host with network access")
 
 
 def to_whisper_rate(samples: np.ndarray, sr: int) -> np.ndarray:
