@@ -127,6 +127,10 @@ class WorkerPool:
                     d.health.beat(me, busy_limit=stage.time_limit)
                     try:
                         did = runner.run(item)
+                    except Exception as exc:  # a bug: never let it kill the worker; the item is retried later
+                        log.exception("unexpected error in worker", stage=self.name, item=item.id, error=str(exc))
+                        d.backoff.delay(runner.key(item), d.config.daemon.retry_backoff_seconds)
+                        did = False
                     finally:
                         with self._busy_lock:
                             self.busy -= 1
@@ -282,18 +286,21 @@ class Daemon:
         self.start_observer()
         self.start_workers()
         self.notifier.ready(status="started")
-        last_status = 0.0
+        last_status = last_ping = 0.0
+        ping_every = min(self.notifier.watchdog_interval() or 5.0, 5.0)
         idle_rounds = 0
         while not self.stopping.is_set():
             self.stopping.wait(0.5)
             if self._reload_requested:
                 self._reload_requested = False
                 self.reload()
-            stale = self.health.stale()
-            if not stale:
-                self.notifier.watchdog()
-            elif time.monotonic() - last_status > 5:
-                log.error("workers not responding: withholding WATCHDOG=1", threads=stale)
+            if time.monotonic() - last_ping >= ping_every:
+                stale = self.health.stale()
+                if not stale:
+                    last_ping = time.monotonic()
+                    self.notifier.watchdog()
+                elif time.monotonic() - last_status > 5:
+                    log.error("workers not responding: withholding WATCHDOG=1", threads=stale)
             if time.monotonic() - last_status > 5:
                 last_status = time.monotonic()
                 self._publish_status()

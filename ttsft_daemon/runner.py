@@ -86,8 +86,8 @@ class ItemRunner:
     def _run_claimed(self, item: Item, key: str) -> bool:
         meta = item.meta() if item.spool != "inbox" else {}
         job_id = str(meta.get("job_id", ""))
-        fields = {"stage": self.stage.name, "job_id": job_id or None, "voice": meta.get("voice"),
-                  "clip": meta.get("clip_id")}
+        fields = {k: v for k, v in {"stage": self.stage.name, "job_id": job_id or None, "voice": meta.get("voice"),
+                                    "clip": meta.get("clip_id")}.items() if v is not None}
         attempt = self._count_attempt(job_id, key)
         if attempt > self.config.daemon.max_attempts:
             last = self._last_error(job_id, key)
@@ -111,8 +111,9 @@ class ItemRunner:
             return False
         self.disk_full.clear()
         self.backoff.clear(key)
-        log.info(f"{self.stage.name} done", item=item.id, duration_s=round(time.monotonic() - started, 3),
-                 outputs=len(result.outputs), **fields, **result.log)
+        done = {**fields, **result.log, "item": item.id, "outputs": len(result.outputs),
+                "duration_s": round(time.monotonic() - started, 3)}
+        log.info(f"{self.stage.name} done", **{k: v for k, v in done.items() if v is not None})
         return True
 
     def _commit(self, item: Item, result: Result, job_id: str, key: str) -> None:

@@ -67,7 +67,10 @@ class IngestStage:
                     return Result(log={"job_id": job_id, "resumed": True})
                 raise RejectedInput(
                     "duplicate", f"same content as '{src.get('name', '?')}' already taken as job {job_id}")
-            info = probe(tmp, timeout=min(120.0, self.config.daemon.ffmpeg_timeout_seconds))
+            try:
+                info = probe(tmp, timeout=min(120.0, self.config.daemon.ffmpeg_timeout_seconds))
+            except RejectedInput as exc:  # name the user's file, not our temporary copy
+                raise RejectedInput(exc.reason, exc.detail.replace(str(tmp), path.name)) from None
             self._check_limits(info.duration)
         except BaseException:
             tmp.unlink(missing_ok=True)

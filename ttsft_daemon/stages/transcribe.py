@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -35,6 +36,7 @@ class TranscribeStage:
         self._gate: QualityGate | None = None
 
     def open(self) -> None:
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one line per clip is our own log's job
         self._transcriber = Transcriber(self.config.transcription, self.config.paths.models_dir)
         self._gate = QualityGate(self.config.quality, espeak_voice=self.config.training.espeak_voice)
 

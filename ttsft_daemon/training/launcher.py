@@ -1,0 +1,449 @@
+"""Runs piper-tts 1.8.0's trainer with the project's fixes installed in-process.
+
+    python -m ttsft_daemon.training.launcher fit <piper.train fit args> [--ttsft.* options]
+    python -m ttsft_daemon.training.launcher export <ckpt> <out.onnx> [--voice V --quality Q --espeak-voice E]
+    python -m ttsft_daemon.training.launcher inspect <ckpt>        (prints epoch, step, hyper-parameters as JSON)
+
+Fixes of the wheel's defects (DESIGN.md, "Piper training"), none of which touches site-packages:
+
+1. piper imports a compiled alignment core its wheel lacks: `install_fixes()` registers a module of that name
+   whose `maximum_path_c` is the adapter in `mas.py`.
+2. piper adds a checkpoint callback on `val_mos`, a metric that needs a model from a hub; offline, Lightning
+   then stops after epoch 0. This launcher builds piper's CLI without that callback and with `mos_metric`
+   forced off.
+3. piper's ONNX export fails with the new exporter of torch >= 2.9; `export` uses the legacy one
+   (`dynamo=False`).
+
+Besides, the `fit` command gets what the daemon needs (`--ttsft.*` options, see `TtsftSupervisor`):
+checkpoints every N epochs written atomically (temporary name in the same folder, fsync, rename), `last.ckpt`
+switched atomically to the newest one, a `progress.json` after each epoch, warm-start paths stripped from
+checkpoints and ignored on resume (else resuming re-applies the base weights over the trained ones), and an
+optional exit when the parent process dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import types
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
+from piper.train.__main__ import VitsLightningCLI
+
+from ..spool import atomic_write_json, fsync_dir, read_json, tmp_name
+from .progress import (
+    ProgressFile,
+    checkpoint_name,
+    now_iso,
+    point_last_checkpoint,
+    selection_loss,
+)
+
+MAS_MODULE = "piper.train.vits.monotonic_align.monotonic_align"
+ONNX_OPSET = 15
+PARENT_POLL_SECONDS = 1.0
+PARENT_GONE_GRACE_SECONDS = 30.0
+EXIT_PARENT_GONE = 70
+WARMSTART_KEYS = ("warmstart_ckpt", "vocoder_warmstart_ckpt")
+
+
+def install_fixes() -> None:
+    """Fix 1: `...monotonic_align.monotonic_align.core.maximum_path_c` resolves to the adapter in mas.py."""
+    from . import mas
+
+    package = types.ModuleType(MAS_MODULE)
+    package.__path__ = []
+    core = types.ModuleType(f"{MAS_MODULE}.core")
+    core.maximum_path_c = mas.maximum_path_c  # type: ignore[attr-defined]
+    package.core = core  # type: ignore[attr-defined]
+    sys.modules[MAS_MODULE] = package
+    sys.modules[f"{MAS_MODULE}.core"] = core
+
+
+# ----------------------------------------------------------------------------------------------- fit
+
+
+def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for name, value in metrics.items():
+        try:
+            values[name] = round(float(value), 6)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+    return values
+
+
+def _watch_parent(parent: int) -> None:
+    """Stop this trainer when the process that started it is gone (its checkpoints stay consistent)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    print(f"[ttsft] parent {parent} is gone: stopping", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(PARENT_GONE_GRACE_SECONDS)
+    os._exit(EXIT_PARENT_GONE)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Streams a checkpoint to a temporary name beside its destination, fsyncs, renames, fsyncs the folder.
+
+    (Lightning's own writer goes through a temporary file in $TMPDIR and a move, which is a copy, and so not
+    atomic, when $TMPDIR is another file system; it also holds the whole checkpoint in memory first.)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_save_seconds = 0.0
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        started = time.monotonic()
+        dest = Path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_name(dest)
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(dest.parent)
+        self.last_save_seconds = time.monotonic() - started
+
+
+class TtsftSupervisor(Callback):
+    """Checkpoints, progress and parent watch for the daemon (configured as `--ttsft.<arg>`).
+
+    Args:
+        progress_file: progress.json to rewrite after each epoch (none: no progress file).
+        checkpoint_dir: folder of the checkpoints (default: <default_root_dir>/checkpoints).
+        every_n_epochs: save a checkpoint every this many epochs, and always after the final epoch.
+        quality: quality label stored in the checkpoints (x_low, low, medium, high).
+        exit_with_parent: stop training when the process that started this one exits.
+    """
+
+    def __init__(
+        self,
+        progress_file: str | None = None,
+        checkpoint_dir: str | None = None,
+        every_n_epochs: int = 1,
+        quality: str | None = None,
+        exit_with_parent: bool = False,
+    ) -> None:
+        super().__init__()
+        self.progress = ProgressFile(Path(progress_file)) if progress_file else None
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.every_n_epochs = max(1, every_n_epochs)
+        self.quality = quality
+        self._epoch_started = 0.0
+        self._validation_started = 0.0
+        self._validation_seconds = 0.0
+        self._metrics: dict[str, float] = {}
+        if exit_with_parent:
+            threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
+
+    # Lightning hooks ---------------------------------------------------------------------------
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._epoch_started = time.monotonic()
+        self._validation_seconds = 0.0
+
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._validation_started = time.monotonic()
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            self._validation_seconds += time.monotonic() - self._validation_started
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        completed = trainer.current_epoch + 1
+        train_seconds = time.monotonic() - self._epoch_started - self._validation_seconds
+        self._metrics = _scalar_metrics(trainer.callback_metrics)
+        record = {
+            "epoch": completed,
+            "step": int(trainer.global_step),
+            "train_seconds": round(train_seconds, 3),
+            "validation_seconds": round(self._validation_seconds, 3),
+            "checkpoint_seconds": 0.0,
+            "losses": self._metrics,
+            "finished": now_iso(),
+        }
+        if trainer.is_global_zero and self.progress is not None:
+            self.progress.record_epoch(record, int(trainer.max_epochs or -1))
+        if self._should_save(completed, trainer.max_epochs):
+            self._save(trainer, completed)
+        if trainer.is_global_zero:
+            losses = " ".join(f"{k}={v:.4g}" for k, v in sorted(self._metrics.items()))
+            print(f"[ttsft] epoch {completed} step {trainer.global_step} train {train_seconds:.1f}s "
+                  f"validation {self._validation_seconds:.1f}s {losses}", flush=True)
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        hparams = checkpoint.get("hyper_parameters")
+        if isinstance(hparams, dict):
+            for key in WARMSTART_KEYS:
+                if hparams.get(key) is not None:
+                    hparams[key] = None
+        checkpoint["ttsft"] = {
+            "quality": self.quality,
+            "voice": getattr(trainer.datamodule, "voice_name", None),
+            "piper_config": _piper_config_of(trainer.datamodule),
+            "metrics": dict(self._metrics),
+            "saved": now_iso(),
+        }
+
+    # checkpoints -------------------------------------------------------------------------------
+    def _should_save(self, completed: int, max_epochs: int | None) -> bool:
+        final = max_epochs is not None and max_epochs > 0 and completed >= max_epochs
+        return final or completed % self.every_n_epochs == 0
+
+    def _save(self, trainer: Any, completed: int) -> None:
+        folder = self.checkpoint_dir or Path(trainer.default_root_dir) / "checkpoints"
+        path = folder / checkpoint_name(completed - 1, int(trainer.global_step))
+        trainer.save_checkpoint(path)
+        if not trainer.is_global_zero:
+            return
+        point_last_checkpoint(path)
+        io = trainer.strategy.checkpoint_io
+        seconds = float(getattr(io, "last_save_seconds", 0.0))
+        if self.progress is not None:
+            self.progress.record_checkpoint(path, {
+                "epoch": completed,
+                "step": int(trainer.global_step),
+                "loss": selection_loss(self._metrics),
+                "bytes": path.stat().st_size,
+                "save_seconds": round(seconds, 3),
+                "saved": now_iso(),
+            })
+        print(f"[ttsft] checkpoint {path.name} ({path.stat().st_size / 1e6:.0f} MB, {seconds:.1f}s)", flush=True)
+
+
+def _piper_config_of(datamodule: Any) -> dict[str, Any] | None:
+    config = getattr(datamodule, "piper_config", None)
+    if config is not None:
+        return dict(config.to_dict())
+    path = getattr(datamodule, "config_path", None)
+    return read_json(Path(path)) if path else None
+
+
+class TtsftLightningCLI(VitsLightningCLI):  # type: ignore[misc]
+    """piper's CLI plus the `--ttsft.*` supervisor, MOS off, warm start ignored on resume, atomic saves."""
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        super().add_arguments_to_parser(parser)  # type: ignore[no-untyped-call]
+        parser.add_lightning_class_args(TtsftSupervisor, "ttsft")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        config["model.mos_metric"] = None
+        if config.get("ckpt_path"):
+            # The checkpoint's hyper-parameters replaced the command line's; a warm-start path among them would
+            # copy the base weights over the resumed ones in on_fit_start.
+            for key in WARMSTART_KEYS:
+                config[f"model.{key}"] = None
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+def fit_main(args: Sequence[str] | None = None) -> int:
+    """piper.train's `fit` with the fixes; `args` None parses sys.argv (as DDP's re-launched ranks do)."""
+    install_fixes()
+    from piper.train.vits.dataset import VitsDataModule
+    from piper.train.vits.lightning import VitsModel
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    logging.basicConfig(level=logging.INFO)
+    TtsftLightningCLI(
+        VitsModel,
+        VitsDataModule,
+        trainer_defaults={
+            "max_epochs": -1,
+            "enable_checkpointing": False,  # TtsftSupervisor saves; Lightning's default callback would too
+            "logger": False,
+            "enable_progress_bar": False,
+            "num_sanity_val_steps": 0,
+        },
+        save_config_kwargs={"overwrite": True},
+        args=None if args is None else list(args),
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- export
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    ckpt: dict[str, Any] = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    return ckpt
+
+
+def inspect_checkpoint(path: Path) -> dict[str, Any]:
+    """Epoch (0-based, as stored), global step, JSON-able hyper-parameters and the ttsft metadata."""
+    ckpt = load_checkpoint(path)
+    hparams = {k: v for k, v in dict(ckpt.get("hyper_parameters") or {}).items() if _is_json_value(v)}
+    meta = ckpt.get("ttsft") or {}
+    return {
+        "epoch": ckpt.get("epoch"),
+        "global_step": ckpt.get("global_step"),
+        "hyper_parameters": hparams,
+        "ttsft": {k: v for k, v in meta.items() if k != "piper_config"},
+    }
+
+
+def _is_json_value(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def voice_config(ckpt: Mapping[str, Any], *, voice: str, quality: str | None, espeak_voice: str) -> dict[str, Any]:
+    """The `.onnx.json` Piper needs: the config the trainer's data module wrote, plus quality and dataset.
+
+    Checkpoints made by this launcher carry that config; for others it is rebuilt as the data module builds
+    it (espeak phonemes, piper's default phoneme id map).
+    """
+    meta = dict(ckpt.get("ttsft") or {})
+    config = meta.get("piper_config")
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    if not config:
+        from piper.config import PhonemeType, PiperConfig
+        from piper.phoneme_ids import DEFAULT_PHONEME_ID_MAP
+
+        config = PiperConfig(
+            num_symbols=int(hparams.get("num_symbols", 256)),
+            num_speakers=int(hparams.get("num_speakers", 1)),
+            sample_rate=int(hparams.get("sample_rate", 22050)),
+            espeak_voice=espeak_voice,
+            phoneme_id_map=DEFAULT_PHONEME_ID_MAP,
+            phoneme_type=PhonemeType.ESPEAK,
+            piper_version="1.5.0",  # what piper.train's data module writes
+        ).to_dict()
+    from .quality import quality_of
+
+    config = json.loads(json.dumps(config))
+    config.setdefault("audio", {})["quality"] = quality or meta.get("quality") or quality_of(hparams) or "medium"
+    config["dataset"] = voice
+    epoch = ckpt.get("epoch")
+    config["ttsft"] = {
+        "epoch": None if epoch is None else int(epoch) + 1,
+        "step": ckpt.get("global_step"),
+        "exported": now_iso(),
+    }
+    return dict(config)
+
+
+def export_onnx(checkpoint: Path, out_onnx: Path, *, voice: str, quality: str | None, espeak_voice: str) -> None:
+    """Write `out_onnx` and `out_onnx.json` (each atomically) from a training checkpoint."""
+    from piper.train.vits.lightning import VitsModel
+
+    ckpt = load_checkpoint(checkpoint)
+    config = voice_config(ckpt, voice=voice, quality=quality, espeak_voice=espeak_voice)
+    config["ttsft"]["checkpoint"] = str(checkpoint)
+    del ckpt
+
+    model = VitsModel.load_from_checkpoint(checkpoint, map_location="cpu", mos_metric=None)
+    generator = model.model_g
+    generator.eval()
+    with torch.no_grad():
+        generator.dec.remove_weight_norm()  # type: ignore[no-untyped-call]
+    inference = InferenceGraph(generator)
+
+    torch.manual_seed(1234)
+    phonemes = torch.randint(low=0, high=int(generator.n_vocab), size=(1, 50), dtype=torch.long)
+    lengths = torch.LongTensor([phonemes.size(1)])
+    scales = torch.FloatTensor([0.667, 1.0, 0.8])
+    speaker = torch.LongTensor([0]) if int(generator.n_speakers) > 1 else None
+
+    out_onnx.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(out_onnx)
+    try:
+        torch.onnx.export(
+            inference,
+            (phonemes, lengths, scales, speaker),
+            str(tmp),
+            opset_version=ONNX_OPSET,
+            input_names=["input", "input_lengths", "scales", "sid"],
+            output_names=["output"],
+            dynamic_axes={
+                "input": {0: "batch_size", 1: "phonemes"},
+                "input_lengths": {0: "batch_size"},
+                "output": {0: "batch_size", 2: "time"},
+            },
+            dynamo=False,  # fix 3: the dynamo exporter of torch >= 2.9 fails on this model
+        )
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out_onnx)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(out_onnx.parent)
+    atomic_write_json(Path(f"{out_onnx}.json"), config)
+
+
+class InferenceGraph(torch.nn.Module):
+    """The generator's inference as the graph piper runs: (phoneme ids, lengths, scales, speaker) -> audio."""
+
+    def __init__(self, generator: Any) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, text: Any, text_lengths: Any, scales: Any, sid: Any = None) -> Any:
+        noise, length, noise_w = scales[0], scales[1], scales[2]
+        audio = self.generator.infer(
+            text, text_lengths, noise_scale=noise, length_scale=length, noise_scale_w=noise_w, sid=sid
+        )[0]
+        return audio.unsqueeze(1)
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def _export_main(args: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="launcher export", allow_abbrev=False)
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("output", type=Path, help="the .onnx file; its config goes to <output>.json")
+    parser.add_argument("--voice", default=None, help="dataset name in the config (default: the file's stem)")
+    parser.add_argument("--quality", default=None, choices=["x_low", "low", "medium", "high"])
+    parser.add_argument("--espeak-voice", default="en-us", help="for checkpoints that do not carry their config")
+    ns = parser.parse_args(list(args))
+    export_onnx(ns.checkpoint, ns.output, voice=ns.voice or ns.output.stem, quality=ns.quality,
+                espeak_voice=ns.espeak_voice)
+    print(f"[ttsft] exported {ns.output}", flush=True)
+    return 0
+
+
+def _inspect_main(args: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="launcher inspect", allow_abbrev=False)
+    parser.add_argument("checkpoint", type=Path)
+    ns = parser.parse_args(list(args))
+    print(json.dumps(inspect_checkpoint(ns.checkpoint)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["export"]:
+        return _export_main(args[1:])
+    if args[:1] == ["inspect"]:
+        return _inspect_main(args[1:])
+    return fit_main(None if argv is None else args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
