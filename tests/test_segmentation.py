@@ -277,7 +277,7 @@ def test_file_envelope_memory_stays_flat(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def speech() -> demo_audio.Recording:
-    return demo_audio.make_recording(demo_audio.SENTENCES[:14], music_db=None, seed=4, sr=22050)
+    return demo_audio.make_recording(demo_audio.SENTENCES[:12], music_db=None, seed=4, sr=22050)
 
 
 def _cut_in_pause_ratio(segments: list[tuple[float, float]], rec: demo_audio.Recording) -> float:

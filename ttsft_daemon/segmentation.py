@@ -1,13 +1,15 @@
 """Recursive silence segmentation of a (vocal) recording on its RMS envelope.
 
 Frames are `frame_seconds` long. The *speech level* is the median RMS of the speech frames (see
-`speech_level`; robust to long silences and to a few loud clicks). A
-frame is *silent* at factor f when its RMS is at most f x speech level; *loud* frames are those above
-the initial threshold (`initial_silence_factor`).
+`speech_level`; robust to long silences and to a few loud clicks). A frame is *silent* at factor f
+when its RMS is at most f x speech level; *loud* frames are those above the initial threshold
+(`initial_silence_factor`).
 
 1. First pass, at the initial threshold: a silent run of at least `min_silence_seconds` separates two
-   segments. Each side keeps up to half a minimum pause of that silence (short runs are cut at their
-   midpoint, long ones lose their middle); leading and trailing silence are dropped the same way.
+   segments. Next to speech, each side keeps the soft ending (frames still above `min_factor` x speech
+   level: decaying fricatives, breaths) plus half a minimum pause, never more than half the run; the
+   rest of a long pause, and leading/trailing silence beyond that, is dropped. A segment over the
+   maximum only because of these margins gets shorter margins instead of a cut.
 2. A segment longer than `max_clip_seconds` is split again at a more *lenient* threshold: the factor is
    divided by `factor_step` at each level (0.1 -> 0.2 -> 0.4 with the defaults) while it stays at or
    below `max_silence_factor`, so that shorter, shallower pauses (breaths, phrase breaks) qualify.
