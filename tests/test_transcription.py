@@ -204,3 +204,17 @@ def test_clip_cut_in_the_middle_of_a_word_is_flagged(
     _, tail_report, _ = _judge(transcriber, gate, tail, sr)
     assert "word_cut_at_end" in head_report.reasons and not head_report.accept
     assert "word_cut_at_start" in tail_report.reasons and not tail_report.accept
+
+
+@pytest.mark.slow
+def test_vad_filter_and_language_detection_are_wired(gate: QualityGate) -> None:
+    detecting = Transcriber(TranscriptionConfig(vad_filter=True, language=None), MODELS)
+    (speech,), sr = demo_audio.speak(["Hello there, how are you today?"])
+    t = detecting.transcribe_array(speech, sr)
+    assert t.language == "en" and t.language_probability > 0.5
+    assert normalize_for_wer(t.text) == "hello there how are you today"
+    silent = np.zeros(3 * sr, dtype=np.float32)
+    nothing = detecting.transcribe_array(silent, sr)
+    assert nothing.text == "" and nothing.segments == []  # the VAD removed it all: Whisper heard nothing
+    report = gate.assess(nothing, silent, sr)
+    assert not report.accept and {"empty_text", "no_speech"} <= set(report.reasons)

@@ -26,7 +26,8 @@ Rules (thresholds from `QualityConfig`):
   sound when its RMS is within ``voiced_threshold_db`` of the clip's loud frames (95th percentile)
   and 6 dB above its quiet ones (10th percentile). Whisper's own word times are kept in `details`
   but not used for this: faster-whisper tiny.en dates the first word at 0.0 s even after 100 ms of
-  silence, and its last word end lagged a mid-word cut by up to 100 ms (both measured).
+  silence, and its last word end lagged a mid-word cut by up to 100 ms (both measured). Any sound
+  cut at an edge counts, a drum hit of leftover music as much as a word: both spoil a training clip.
 - ``dnsmos_low``: DNSMOS overall (OVRL, P.835) below ``min_dnsmos``. Skipped, with a warning in the log
   and ``details["dnsmos_status"]``, when DNSMOS is off or its model cannot run.
 - ``too_many_phonemes``: more espeak-ng phonemes than ``max_phonemes``, counted with Piper's own
