@@ -81,7 +81,7 @@ def check_invariants(root: Path, n_inputs: int) -> dict[str, Any]:
         left = [p.name for p in (root / "spool" / spool).iterdir()]
         if left:
             problems.append(f"spool/{spool} not empty: {left[:5]}")
-    inbox_left = [p.name for p in (root / "inbox").iterdir()]
+    inbox_left = [p.name for p in (root / "inbox").rglob("*") if not p.is_dir()]
     if inbox_left:
         problems.append(f"inbox not empty: {inbox_left}")
     # no partial or zero-length file outside temporary names (lock files are empty by design)

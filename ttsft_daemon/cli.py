@@ -89,8 +89,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train_now(config, args.voice)
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"run": cmd_run, "status": cmd_status, "check-config": cmd_check_config,
-            "preprocess": cmd_preprocess, "train": cmd_train}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run, "status": cmd_status, "check-config": cmd_check_config,
+    "preprocess": cmd_preprocess, "train": cmd_train,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,9 +97,14 @@ class SeparationConfig:
 class SegmentationConfig:
     min_clip_seconds: float = _f(1.0, "shortest clip kept (shorter neighbours are merged)", min=0.1)
     max_clip_seconds: float = _f(15.0, "longest clip; longer segments are split again", min=1.0)
-    initial_silence_factor: float = _f(0.1, "silence = RMS below factor x median speech RMS", min=0.0001)
-    factor_step: float = _f(0.5, "factor multiplier each recursion (lower = stricter silence)", min=0.01, max=0.99)
-    min_factor: float = _f(0.005, "lowest factor tried before cutting at the quietest frame", min=0.0)
+    initial_silence_factor: float = _f(0.1, "silence = RMS below factor x speech level (median RMS of speech frames)",
+                                       min=0.0001)
+    factor_step: float = _f(0.5, "over-long segments are split again with the factor divided by this (shallower "
+                            "pauses such as breaths then qualify)", min=0.01, max=0.99)
+    max_silence_factor: float = _f(0.5, "the most lenient factor tried on over-long segments before cutting at "
+                                   "the quietest point", min=0.0001, max=1.0)
+    min_factor: float = _f(0.005, "segment edges extend while RMS stays above min_factor x speech level (soft word "
+                           "endings are kept)", min=0.0)
     min_silence_seconds: float = _f(0.2, "shortest silent run that counts as a pause", min=0.01)
     frame_seconds: float = _f(0.02, "RMS frame hop", min=0.001, max=0.5)
 
@@ -111,6 +116,8 @@ class AudioConfig:
     peak_dbfs: float = _f(-1.0, "peak ceiling after normalisation", min=-30.0, max=0.0)
     denoise: bool = _f(False, "spectral-gate denoise of each clip")
     pad_seconds: float = _f(0.1, "silence kept at each end after trimming", min=0.0, max=1.0)
+    silence_dbfs: float = _f(-70.0, "a clip whose loudest 10 ms is below this is silent and dropped",
+                             min=-120.0, max=-20.0)
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,10 @@ class QualityConfig:
     min_dnsmos: float = _f(2.5, "reject below this DNSMOS overall score", min=1.0, max=5.0)
     max_phonemes: int = _f(400, "reject transcripts with more phonemes (trainer out-of-memory)", min=10)
     min_quality: float = _f(0.5, "reject below this combined 0-1 quality score", min=0.0, max=1.0)
+    min_word_probability: float = _f(0.5, "reject below this mean Whisper word probability", min=0.0, max=1.0)
+    voiced_threshold_db: float = _f(-35.0, "a 10 ms frame is sound when within this many dB of the clip's loud "
+                                    "frames (cut-word check, speaking rate)", min=-80.0, max=-10.0)
+    hallucination_phrases: list[str] = _f([], "extra phrases that reject a clip (added to the built-in list)")
 
 
 @dataclass(frozen=True)
@@ -304,6 +315,8 @@ def _cross_checks(cfg: Config, errors: list[str]) -> None:
         )
     if seg.min_factor >= seg.initial_silence_factor:
         errors.append("segmentation.min_factor: must be below segmentation.initial_silence_factor")
+    if seg.max_silence_factor < seg.initial_silence_factor:
+        errors.append("segmentation.max_silence_factor: must be at least segmentation.initial_silence_factor")
     q = cfg.quality
     if q.min_chars_per_second >= q.max_chars_per_second:
         errors.append("quality.min_chars_per_second: must be below quality.max_chars_per_second")

@@ -67,6 +67,16 @@ def default_voice_path() -> Path:
     return config.PROJECT_DIR / "models" / "piper" / "en_US-joe-medium.onnx"
 
 
+def _steady_config() -> Any:
+    from piper import SynthesisConfig
+
+    # Without VITS's sampling noise the same text always gives the same audio: reproducible tests and demos.
+    return SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+
+
+_STEADY = _steady_config()
+
+
 @functools.lru_cache(maxsize=4)
 def _load_voice(path: str) -> Any:
     from piper import PiperVoice
@@ -81,7 +91,7 @@ def speak(texts: list[str], voice_path: Path | None = None) -> tuple[list[np.nda
     sample_rate = int(voice.config.sample_rate)
     spoken: list[np.ndarray] = []
     for text in texts:
-        chunks = [np.asarray(c.audio_float_array, dtype=np.float32) for c in voice.synthesize(text)]
+        chunks = [np.asarray(c.audio_float_array, dtype=np.float32) for c in voice.synthesize(text, _STEADY)]
         audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
         spoken.append(trim_edges(audio, sample_rate))
     return spoken, sample_rate

@@ -340,4 +340,4 @@ def segment_envelope(
 
 def find_segments(env: np.ndarray, frame_s: float, cfg: SegmentationConfig) -> list[tuple[float, float]]:
     """(start, end) seconds of each clip-sized speech segment of an RMS envelope."""
-    return segment_envelope(env, frame_s, cfg).segments
+    return segment_envelope(env, frame_s, cfg, max_silence_factor=cfg.max_silence_factor).segments

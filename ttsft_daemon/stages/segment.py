@@ -50,7 +50,7 @@ class SegmentStage:
                     ctx.check_stop()
                     f.seek(int(start * sr))
                     samples = f.read(int((end - start) * sr), dtype="float32", always_2d=True).mean(axis=1)
-                    clip = clean_clip(samples, sr, audio_cfg, seg_cfg)
+                    clip = clean_clip(samples, sr, audio_cfg, seg_cfg, silence_dbfs=audio_cfg.silence_dbfs)
                     if clip is None:
                         continue
                     cid = clip_id(job_id, start)

@@ -38,7 +38,11 @@ class TranscribeStage:
     def open(self) -> None:
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one line per clip is our own log's job
         self._transcriber = Transcriber(self.config.transcription, self.config.paths.models_dir)
-        self._gate = QualityGate(self.config.quality, espeak_voice=self.config.training.espeak_voice)
+        q = self.config.quality
+        self._gate = QualityGate(q, espeak_voice=self.config.training.espeak_voice,
+                                 min_word_probability=q.min_word_probability,
+                                 voiced_threshold_db=q.voiced_threshold_db,
+                                 hallucination_phrases=tuple(q.hallucination_phrases))
 
     def close(self) -> None:
         self._transcriber = None
