@@ -41,8 +41,9 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 from piper.train.__main__ import VitsLightningCLI
 
-from ..spool import atomic_write_json, fsync_dir, read_json, tmp_name
+from ..spool import atomic_write_bytes, atomic_write_json, fsync_dir, read_json, tmp_name
 from .progress import (
+    CACHE_MARKER,
     ProgressFile,
     checkpoint_name,
     now_iso,
@@ -155,6 +156,11 @@ class TtsftSupervisor(Callback):
             threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
 
     # Lightning hooks ---------------------------------------------------------------------------
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        cache_dir = getattr(trainer.datamodule, "cache_dir", None)
+        if trainer.is_global_zero and cache_dir is not None:  # piper's prepare_data has completed
+            atomic_write_bytes(Path(cache_dir) / CACHE_MARKER, now_iso().encode())
+
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._epoch_started = time.monotonic()
         self._validation_seconds = 0.0
@@ -353,7 +359,7 @@ def export_onnx(checkpoint: Path, out_onnx: Path, *, voice: str, quality: str | 
 
     ckpt = load_checkpoint(checkpoint)
     config = voice_config(ckpt, voice=voice, quality=quality, espeak_voice=espeak_voice)
-    config["ttsft"]["checkpoint"] = str(checkpoint)
+    config["ttsft"]["checkpoint"] = str(checkpoint.resolve())
     del ckpt
 
     model = VitsModel.load_from_checkpoint(checkpoint, map_location="cpu", mos_metric=None)

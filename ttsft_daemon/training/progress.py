@@ -4,7 +4,8 @@ Layout of a voice's training folder:
 
     train.csv                Piper's `file|text` CSV derived from the dataset
     config.json              the voice config piper.train's data module writes
-    cache/                   piper.train's per-clip cache (phoneme ids, audio, spectrograms)
+    cache/                   piper.train's per-clip cache (phoneme ids, audio, spectrograms); cache/.prepared
+                             is rewritten after each complete preparation (newer files may be partial)
     checkpoints/             epoch=EEEEE-step=SSSSSSSSS.ckpt (EEEEE: 0-based epoch, as stored in the file)
                              last.ckpt -> the newest of them (a symlink switched atomically)
     progress.json            the trainer's account, rewritten after each epoch and checkpoint
@@ -27,6 +28,7 @@ CHECKPOINTS_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 PROGRESS_FILE = "progress.json"
 STATE_FILE = "state.json"
+CACHE_MARKER = ".prepared"  # in piper's cache folder: written once piper's data preparation is complete
 EPOCH_HISTORY = 200  # per-epoch records kept in progress.json
 _CHECKPOINT_RE = re.compile(r"^epoch=(\d+)-step=(\d+)\.ckpt$")
 
