@@ -149,8 +149,10 @@ class _Worker:
 class SeparatorProcess:
     """A Spleeter 2-stem worker process, started once and reused for every recording.
 
-    Thread-safe: one request at a time per instance. `close()` may be called from another thread
-    while a request runs; that request then raises ShuttingDown.
+    `level_dbfs` is the level the worker brings the input to before separating (Spleeter separates
+    quiet input worse); None feeds the input as it is. Thread-safe: one request at a time per
+    instance. `close()` may be called from another thread while a request runs; that request then
+    raises ShuttingDown.
     """
 
     def __init__(
@@ -163,6 +165,7 @@ class SeparatorProcess:
         *,
         start_timeout: float = 300.0,
         crossfade: str = "linear",
+        level_dbfs: float | None = -14.0,
     ) -> None:
         if crossfade not in CROSSFADES:
             raise ValueError(f"crossfade must be one of {CROSSFADES}, not {crossfade!r}")
@@ -175,6 +178,7 @@ class SeparatorProcess:
         self.timeout = timeout
         self.start_timeout = start_timeout
         self.crossfade = crossfade
+        self.level_dbfs = level_dbfs
         self._request_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._worker: _Worker | None = None
@@ -276,6 +280,7 @@ class SeparatorProcess:
             "chunk_seconds": self.chunk_seconds,
             "overlap_seconds": self.overlap_seconds,
             "crossfade": self.crossfade,
+            "level_dbfs": self.level_dbfs,
         }
         try:
             self._call(request, timeout=self.timeout)

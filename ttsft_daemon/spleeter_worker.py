@@ -8,15 +8,18 @@ Protocol: one JSON object per line. Start-up prints ``{"ready": true, "pid", "gp
 ``{"ready": false, "error"}``). Requests and answers:
 
 * ``{"id", "op": "ping"}`` -> ``{"id", "ok": true, "pid", "served", "model_loads", "gpu"}``
-* ``{"id", "input", "output", "chunk_seconds", "overlap_seconds"[, "crossfade"]}`` ->
-  ``{"id", "ok": true, "seconds", "chunks", "elapsed", "pid", "served", "model_loads"}``
+* ``{"id", "input", "output", "chunk_seconds", "overlap_seconds"[, "crossfade", "level_dbfs"]}`` ->
+  ``{"id", "ok": true, "seconds", "chunks", "input_dbfs", "gain_db", "elapsed", "pid", "served",
+  "model_loads"}``
   or ``{"id", "ok": false, "kind": "rejected" | "failed" | "protocol", "error"}``.
 
 ``input`` is a 16-bit PCM 44100 Hz WAV (stereo; mono is duplicated). ``output`` receives the vocal
 stem, 16-bit PCM mono 44100 Hz, written in place at exactly that path (the caller renames it). The
 input is read in chunks of ``chunk_seconds`` extended by ``overlap_seconds`` on each side; adjacent
 chunks are cross-faded over their shared ``2 * overlap_seconds``, so memory does not grow with the
-input's length. End of input (stdin closed) ends the process with status 0.
+input's length. Before separating, one gain brings the non-silent part of the input to
+``level_dbfs`` (default -14; null: no gain), and is undone on the vocals. End of input (stdin
+closed) ends the process with status 0.
 
 The model is Spleeter's own graph (its ``EstimatorSpecBuilder``) restored once into one persistent
 TF session. ``Separator.separate`` would rebuild the graph and re-read the checkpoint through a TF
@@ -50,6 +53,7 @@ SAMPLE_WIDTH = 2
 MIN_MODEL_FRAMES = 8192
 CROSSFADES = ("linear", "equal_power")
 DEFAULT_CROSSFADE = "linear"
+DEFAULT_LEVEL_DBFS = -14.0
 
 
 class BadInput(Exception):
@@ -193,12 +197,16 @@ def cross_fade(outgoing: np.ndarray, incoming: np.ndarray, kind: str) -> np.ndar
 
 
 def separated_pieces(
-    model: VocalModel, reader: wave.Wave_read, plan: list[Chunk], crossfade: str
+    model: VocalModel, reader: wave.Wave_read, plan: list[Chunk], crossfade: str, gain: float
 ) -> Iterator[np.ndarray]:
-    """Final vocal samples in order: each chunk's own part, then the cross-faded shared part."""
-    carry = np.zeros(0, dtype=np.float32)  # previous chunk's output over its shared tail
+    """Final vocal samples in order: each chunk's own part, then the cross-faded shared part.
+
+    The model sees the input times `gain`; the vocals are scaled back to the input's level.
+    """
+    carry: np.ndarray = np.zeros(0, dtype=np.float32)  # previous chunk's output over its shared tail
     for chunk in plan:
-        vocals = model.vocals(read_stereo(reader, chunk.start, chunk.stop))
+        stereo = read_stereo(reader, chunk.start, chunk.stop) * np.float32(gain)
+        vocals: np.ndarray = model.vocals(stereo) / np.float32(gain)
         shared = len(carry)
         if shared:
             yield cross_fade(carry, vocals[:shared], crossfade)
@@ -206,6 +214,44 @@ def separated_pieces(
         carry = vocals[chunk.emit_until - chunk.start :]
     if len(carry):
         raise AssertionError("the last chunk left samples behind")
+
+
+# -------------------------------------------------------------------------------- input level
+# Spleeter was trained on mastered music and separates quiet input worse: a recording at -35 dBFS
+# lost 2-3 dB of SI-SDR improvement against the same recording at -20 dBFS. The input is therefore
+# brought to a fixed level of its non-silent parts (one global gain, so chunks stay consistent).
+LEVEL_FRAME = SAMPLE_RATE // 10
+LEVEL_BLOCK = 100 * LEVEL_FRAME
+ACTIVE_BELOW_LOUDEST_DB = 50.0
+DIGITAL_SILENCE = 1e-10  # mean square of a frame below this is silence whatever the loudest frame
+MAX_GAIN_DB = 40.0
+
+
+def frame_energies(reader: wave.Wave_read) -> np.ndarray:
+    """Mean square of every 100 ms frame (both channels), read block by block."""
+    total = reader.getnframes()
+    energies = []
+    for start in range(0, total, LEVEL_BLOCK):
+        block = read_stereo(reader, start, min(total, start + LEVEL_BLOCK)).astype(np.float64)
+        n_frames = math.ceil(len(block) / LEVEL_FRAME)
+        squares = np.square(block).mean(axis=1)
+        padded = np.concatenate([squares, np.full(n_frames * LEVEL_FRAME - len(squares), np.nan)])
+        energies.append(np.nanmean(padded.reshape(n_frames, LEVEL_FRAME), axis=1))
+    return np.concatenate(energies) if energies else np.zeros(0)
+
+
+def active_level_dbfs(energies: np.ndarray) -> float | None:
+    """RMS level of the frames within ACTIVE_BELOW_LOUDEST_DB of the loudest; None for silence."""
+    if not len(energies) or energies.max() < DIGITAL_SILENCE:
+        return None
+    floor = max(DIGITAL_SILENCE, energies.max() * 10 ** (-ACTIVE_BELOW_LOUDEST_DB / 10))
+    return float(10 * np.log10(energies[energies >= floor].mean()))
+
+
+def level_gain_db(level_dbfs: float | None, target_dbfs: float | None) -> float:
+    if level_dbfs is None or target_dbfs is None:
+        return 0.0
+    return float(np.clip(target_dbfs - level_dbfs, -MAX_GAIN_DB, MAX_GAIN_DB))
 
 
 # ---------------------------------------------------------------------------------------- WAV I/O
@@ -275,6 +321,7 @@ class SeparateRequest:
     chunk_seconds: float
     overlap_seconds: float
     crossfade: str
+    level_dbfs: float | None
 
 
 def parse_separate(request: dict[str, Any]) -> SeparateRequest:
@@ -285,6 +332,7 @@ def parse_separate(request: dict[str, Any]) -> SeparateRequest:
             chunk_seconds=float(request["chunk_seconds"]),
             overlap_seconds=float(request.get("overlap_seconds", 0.0)),
             crossfade=str(request.get("crossfade", DEFAULT_CROSSFADE)),
+            level_dbfs=optional_float(request.get("level_dbfs", DEFAULT_LEVEL_DBFS)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BadRequest(f"bad separate request: {exc!r}") from None
@@ -293,6 +341,10 @@ def parse_separate(request: dict[str, Any]) -> SeparateRequest:
     if parsed.crossfade not in CROSSFADES:
         raise BadRequest(f"crossfade must be one of {CROSSFADES}, not {parsed.crossfade!r}")
     return parsed
+
+
+def optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 class Worker:
@@ -339,15 +391,23 @@ class Worker:
             plan = plan_chunks(
                 total, max(1, round(req.chunk_seconds * SAMPLE_RATE)), round(req.overlap_seconds * SAMPLE_RATE)
             )
+            level = active_level_dbfs(frame_energies(reader)) if req.level_dbfs is not None else None
+            gain_db = level_gain_db(level, req.level_dbfs)
             try:
                 with open_output(req.output) as writer:
-                    for piece in separated_pieces(self.model, reader, plan, req.crossfade):
+                    for piece in separated_pieces(self.model, reader, plan, req.crossfade, 10 ** (gain_db / 20)):
                         writer.writeframes(to_pcm16(piece))
                         self.stop_if_orphaned()
             except BaseException:
                 remove_quietly(req.output)
                 raise
-        return {"seconds": total / SAMPLE_RATE, "chunks": len(plan), "elapsed": time.monotonic() - began}
+        return {
+            "seconds": total / SAMPLE_RATE,
+            "chunks": len(plan),
+            "input_dbfs": None if level is None else round(level, 2),
+            "gain_db": round(gain_db, 2),
+            "elapsed": round(time.monotonic() - began, 3),
+        }
 
     def stop_if_orphaned(self) -> None:
         """A daemon killed mid-request cannot read the answer: stop instead of finishing for nobody."""
