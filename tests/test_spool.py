@@ -125,16 +125,24 @@ def test_quarantine_never_follows_a_symlink(sp: Spool, tmp_path: Path) -> None:
 def test_cleanup_removes_temporaries_of_dead_processes_only(sp: Spool) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    host = spool_mod._HOST
-    folder = sp.layout.spool("audio")
-    stale = folder / f"{TMP_PREFIX}{host}.{dead_pid}.abcd.c1.wav"
-    stale.write_bytes(b"half")
-    mine = tmp_name(folder / "c2.wav")
-    mine.write_bytes(b"in progress")
-    other_host = folder / f"{TMP_PREFIX}otherhost.{dead_pid}.abcd.c3.wav"
-    other_host.write_bytes(b"theirs")
-    assert sp.cleanup_temporaries() == 1
-    assert not stale.exists() and mine.exists() and other_host.exists()
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        live_start = spool_mod._start_time(live.pid)
+        host = spool_mod._HOST
+        folder = sp.layout.spool("audio")
+        stale = folder / f"{TMP_PREFIX}{host}.{dead_pid}-123.abcd.c1.wav"
+        reused = folder / f"{TMP_PREFIX}{host}.{live.pid}-1.abcd.c4.wav"  # a live pid, but another process
+        running = folder / f"{TMP_PREFIX}{host}.{live.pid}-{live_start}.abcd.c5.wav"
+        mine = tmp_name(folder / "c2.wav")
+        other_host = folder / f"{TMP_PREFIX}otherhost.{dead_pid}-1.abcd.c3.wav"
+        for f in (stale, reused, running, mine, other_host):
+            f.write_bytes(b"x")
+        assert sp.cleanup_temporaries() == 2
+        assert not stale.exists() and not reused.exists()
+        assert running.exists() and mine.exists() and other_host.exists()
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_atomic_write_never_leaves_a_partial_file(sp: Spool) -> None:

@@ -282,7 +282,7 @@ class Daemon:
         if os.geteuid() == 0:
             log.warning("running as root: run the daemon as its own unprivileged user (deploy/ has the unit)")
         removed = self.spool.cleanup_temporaries()
-        log.info("starting", root=str(layout.root), temporaries_removed=removed, exit_when_idle=self.exit_when_idle)
+        log.info("starting", root=str(layout.root), pid=os.getpid(), temporaries_removed=removed, exit_when_idle=self.exit_when_idle)
         self.start_observer()
         self.start_workers()
         self.notifier.ready(status="started")

@@ -98,7 +98,12 @@ class ItemRunner:
         ctx = StageContext(self.config, self.spool, self.stop)
         try:
             result = self.stage.process(item, ctx)
-            self._commit(item, result, job_id, key)
+            try:
+                self._commit(item, result, job_id, key)
+            except BaseException:
+                for o in result.outputs:
+                    o.payload_tmp.unlink(missing_ok=True)  # not committed: the input is redone later
+                raise
         except ShuttingDown:
             self._uncount_attempt(job_id, key)
             log.info("left for the next start", item=item.id, **fields)

@@ -66,9 +66,23 @@ def set_fault(at: int, mode: str = "exit") -> None:
 # ------------------------------------------------------------------------------------------ primitives
 
 
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (clock ticks since boot): with the pid, it names a process uniquely."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def _owner_tag() -> str:
+    pid = os.getpid()
+    return f"{pid}-{_start_time(pid) or 0}"
+
+
 def tmp_name(dest: Path) -> Path:
     """A temporary sibling of `dest`, invisible to scanners, traceable to this host and process."""
-    return dest.parent / f"{TMP_PREFIX}{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.{dest.name}"
+    return dest.parent / f"{TMP_PREFIX}{_HOST}.{_owner_tag()}.{secrets.token_hex(4)}.{dest.name}"
 
 
 def fsync_dir(path: Path) -> None:
@@ -414,22 +428,21 @@ def _unique_name(folder: Path, name: str) -> str:
 
 
 def _tmp_owner_dead(name: str) -> bool:
+    """True when the temporary's writer (on this host) has exited; a reused pid has another start time."""
     parts = name[len(TMP_PREFIX):].split(".", 3)
     if len(parts) < 3 or parts[0] != _HOST:
         return False
+    pid_text, _, started = parts[1].partition("-")
     try:
-        pid = int(parts[1])
+        pid = int(pid_text)
     except ValueError:
         return True
     if pid == os.getpid():
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    now_started = _start_time(pid)
+    if now_started is None:
         return True
-    except PermissionError:
-        return False
-    return False
+    return bool(started) and started != "0" and started != now_started
 
 
 def _age(p: Path, now: float) -> float:
