@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .spool import Spool, atomic_copy, atomic_write_bytes
+from .spool import Spool, atomic_copy, atomic_write_bytes, atomic_write_json
 
 METADATA = "metadata.csv"
 
@@ -43,8 +44,12 @@ def read_rows(dataset_dir: Path) -> list[Row]:
     return rows
 
 
-def add_clip(spool: Spool, voice: str, wav: Path, row: Row) -> bool:
-    """Add one clip to the voice's dataset; False when it was already there (idempotent)."""
+def add_clip(spool: Spool, voice: str, wav: Path, row: Row, info: dict[str, Any] | None = None) -> bool:
+    """Add one clip to the voice's dataset; False when it was already there (idempotent).
+
+    `info` (the clip's transcript, scores and position in its source recording) is kept beside it in
+    `clips/<clip>.json` so every row can be traced back to where it came from.
+    """
     folder = spool.layout.dataset(voice)
     wavs = folder / "wavs"
     wavs.mkdir(parents=True, exist_ok=True)
@@ -52,6 +57,9 @@ def add_clip(spool: Spool, voice: str, wav: Path, row: Row) -> bool:
         rows = read_rows(folder)
         if any(r.clip_filename == row.clip_filename for r in rows):
             return False
+        if info is not None:
+            (folder / "clips").mkdir(exist_ok=True)
+            atomic_write_json(folder / "clips" / (Path(row.clip_filename).stem + ".json"), info)
         atomic_copy(wav, wavs / row.clip_filename)
         body = "".join(r.line() + "\n" for r in [*rows, row])
         atomic_write_bytes(folder / METADATA, body.encode("utf-8"))

@@ -40,7 +40,7 @@ class AcceptStage:
         voice, cid = meta["voice"], meta["clip_id"]
         row = Row(f"{cid}.wav", str(meta["text"]), float(meta["duration"]),
                   self.config.dataset.speaker or voice, float(meta.get("quality", 0.0)))
-        added = add_clip(self.spool, voice, item.payload, row)
+        added = add_clip(self.spool, voice, item.payload, row, info=meta)
 
         def update(job: dict[str, Any]) -> None:
             clips = job.setdefault("clips", {})
