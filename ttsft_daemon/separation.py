@@ -184,6 +184,8 @@ class SeparatorProcess:
         self._worker: _Worker | None = None
         self._closed = False
         self._ids = itertools.count(1)
+        self.last_result: dict[str, Any] | None = None
+        """The worker's answer to the last successful separate(): seconds, chunks, gain_db, elapsed, pid ..."""
 
     # -------------------------------------------------------------------------------- life cycle
 
@@ -283,7 +285,7 @@ class SeparatorProcess:
             "level_dbfs": self.level_dbfs,
         }
         try:
-            self._call(request, timeout=self.timeout)
+            self.last_result = self._call(request, timeout=self.timeout)
         except BaseException:
             Path(dst_wav).unlink(missing_ok=True)
             raise

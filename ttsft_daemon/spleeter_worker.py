@@ -43,7 +43,7 @@ import time  # noqa: E402
 import wave  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from typing import IO, Any  # noqa: E402
+from typing import IO, Any, Protocol  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -99,6 +99,10 @@ def require_model(model_path: str) -> None:
             f"the Spleeter 2stems model is not installed in {folder} (missing {', '.join(missing)}); "
             "run scripts/install.sh or set separation.model_dir"
         )
+
+
+class StemModel(Protocol):
+    def vocals(self, stereo: np.ndarray) -> np.ndarray: ...
 
 
 class VocalModel:
@@ -197,7 +201,7 @@ def cross_fade(outgoing: np.ndarray, incoming: np.ndarray, kind: str) -> np.ndar
 
 
 def separated_pieces(
-    model: VocalModel, reader: wave.Wave_read, plan: list[Chunk], crossfade: str, gain: float
+    model: StemModel, reader: wave.Wave_read, plan: list[Chunk], crossfade: str, gain: float
 ) -> Iterator[np.ndarray]:
     """Final vocal samples in order: each chunk's own part, then the cross-faded shared part.
 
