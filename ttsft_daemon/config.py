@@ -163,6 +163,8 @@ class TrainingConfig:
     retrain_after_new_clips: int = _f(200, "new clips after a run that resume training", min=1)
     max_epochs: int = _f(1000, "epochs of the first run (resumed runs continue the count)", min=1)
     retrain_epochs: int = _f(100, "more epochs trained when new clips trigger a retrain", min=1)
+    max_wait_for_data_minutes: float = _f(
+        30.0, "a due training waits while the data stages are busy, at most this long", min=0.0)
     quality: str = _f("medium", "model size", choices=["x_low", "low", "medium", "high"])
     base_checkpoint: Path | None = _f(None, "Piper .ckpt to fine-tune from (null: from scratch)")
     batch_size: int = _f(16, "batch size", min=1)

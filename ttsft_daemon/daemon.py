@@ -221,7 +221,8 @@ class Daemon:
             pool = WorkerPool(name, factories[name], getattr(sizes, name), self)
             self.pools[name] = pool
             pool.start()
-        self.trainer = TrainerWorker(self.config, self.spool, self.health, exit_when_idle=self.exit_when_idle)
+        self.trainer = TrainerWorker(self.config, self.spool, self.health, exit_when_idle=self.exit_when_idle,
+                                     data_busy=self.data_busy)
         self.trainer.start()
 
     def stop_workers(self, timeout: float) -> None:
@@ -282,7 +283,8 @@ class Daemon:
         if os.geteuid() == 0:
             log.warning("running as root: run the daemon as its own unprivileged user (deploy/ has the unit)")
         removed = self.spool.cleanup_temporaries()
-        log.info("starting", root=str(layout.root), pid=os.getpid(), temporaries_removed=removed, exit_when_idle=self.exit_when_idle)
+        log.info("starting", root=str(layout.root), pid=os.getpid(), temporaries_removed=removed,
+                 exit_when_idle=self.exit_when_idle)
         self.start_observer()
         self.start_workers()
         self.notifier.ready(status="started")
@@ -326,15 +328,19 @@ class Daemon:
     def _has_work_for(self, stages: list[str]) -> bool:
         return any(self.spool.count(_source_of(s)) > 0 for s in stages if _source_of(s) != "inbox")
 
-    def is_idle(self) -> bool:
-        if any(p.is_busy() for p in self.pools.values()):
-            return False
-        if self.trainer is not None and (self.trainer.busy or self.trainer.due_voices()):
-            return False
+    def data_busy(self) -> bool:
+        """Whether any data stage has work now or coming (settling inbox files included)."""
+        if any(p.is_busy() for p in list(self.pools.values())):
+            return True
         scan = self.scanner.scan()
         if scan.ready or scan.pending:
+            return True
+        return any(self.spool.count(s) > 0 for s in ("raw", "vocals", "audio", "transcribed"))
+
+    def is_idle(self) -> bool:
+        if self.trainer is not None and (self.trainer.busy or self.trainer.due_voices()):
             return False
-        return all(self.spool.count(s) == 0 for s in ("raw", "vocals", "audio", "transcribed"))
+        return not self.data_busy()
 
     def reload(self) -> None:
         source = self.config.source

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,8 @@ def train_voice(config: Config, spool: Spool, voice: str, target: int, stop: thr
         return False
     if state.last_checkpoint is None:
         raise TransientError("training finished without a checkpoint")
-    onnx, _ = export_voice(Path(state.last_checkpoint), tdir, voice)
+    onnx, _ = export_voice(Path(state.last_checkpoint), tdir, voice, quality=config.training.quality,
+                           espeak_voice=config.training.espeak_voice)
     evaluation = evaluate_voice(onnx, config.training.test_sentences, config.transcription.model,
                                 config.paths.models_dir, tdir)
     _record_in_jobs(spool, voice, state.epoch, state.last_checkpoint)
@@ -102,8 +104,11 @@ def _record_in_jobs(spool: Spool, voice: str, epoch: int, ckpt: Any) -> None:
 class TrainerWorker:
     """The daemon's training thread."""
 
-    def __init__(self, config: Config, spool: Spool, health: Any, exit_when_idle: bool = False) -> None:
+    def __init__(self, config: Config, spool: Spool, health: Any, exit_when_idle: bool = False,
+                 data_busy: Callable[[], bool] | None = None) -> None:
         self.config = config
+        self.data_busy = data_busy or (lambda: False)
+        self._busy_since: float | None = None
         self.spool = spool
         self.health = health
         self.exit_when_idle = exit_when_idle
@@ -130,10 +135,21 @@ class TrainerWorker:
                 and self._failures.get(v, 0) < self.config.daemon.max_attempts
                 and due(self.config, self.spool.layout, v) is not None]
 
+    def _should_wait_for_data(self) -> bool:
+        """Let the data stages finish first (training then sees every clip present), but not forever."""
+        if not self.data_busy():
+            self._busy_since = None
+            return False
+        if self.exit_when_idle:
+            return True
+        now = time.monotonic()
+        self._busy_since = self._busy_since or now
+        return now - self._busy_since < self.config.training.max_wait_for_data_minutes * 60
+
     def _loop(self) -> None:
         while not self.stop.is_set():
             self.health.beat(TRAINER_THREAD)
-            for voice in self.due_voices():
+            for voice in [] if self._should_wait_for_data() else self.due_voices():
                 if self.stop.is_set():
                     break
                 target = due(self.config, self.spool.layout, voice)
