@@ -122,6 +122,16 @@ def test_vanished_socket_does_not_raise(tmp_path: Path) -> None:
     assert not notifier.ready()
 
 
+def test_a_supervisor_that_stops_reading_does_not_hang_the_daemon(
+        systemd: tuple[FakeSystemd, dict[str, str]]) -> None:
+    fake, env = systemd
+    notifier = Notifier(env, send_timeout=0.05)
+    results = [notifier.watchdog() for _ in range(30)]  # the queue holds ~10 (net.unix.max_dgram_qlen)
+    assert results[0]
+    assert not results[-1]
+    assert fake.receive() == {"WATCHDOG": "1"}
+
+
 def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
     assert watchdog_interval({}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "60000000"}) == 30.0

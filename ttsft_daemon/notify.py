@@ -53,9 +53,12 @@ def watchdog_interval(env: Mapping[str, str] | None = None, pid: int | None = No
 class Notifier:
     """Sends sd_notify messages; every method returns True when the message was handed to systemd."""
 
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None, send_timeout: float = 2.0) -> None:
+        """`env` defaults to os.environ. A send waits at most `send_timeout` seconds for room in the
+        socket's queue (a supervisor that stopped reading must not hang the daemon)."""
         env = os.environ if env is None else env
         self._env = dict(env)
+        self._send_timeout = send_timeout
         self._address = _socket_address(env.get("NOTIFY_SOCKET", ""))
         if env.get("NOTIFY_SOCKET") and self._address is None:
             log.warning("NOTIFY_SOCKET not usable, systemd notifications are off",
@@ -78,6 +81,7 @@ class Notifier:
         payload = "\n".join(lines).encode("utf-8")
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.settimeout(self._send_timeout)
                 sock.sendto(payload, self._address)
         except OSError as exc:
             log.debug("sd_notify failed", error=str(exc), assignments=lines)
