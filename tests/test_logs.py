@@ -163,6 +163,30 @@ def test_stdlib_records_are_forwarded_with_their_call_site() -> None:
     assert entry["CODE_FUNC"] == "test_stdlib_records_are_forwarded_with_their_call_site"
 
 
+def test_stdlib_exceptions_keep_their_traceback() -> None:
+    journal = Journal()
+    out = io.StringIO()
+    configure_logging(fmt="json", journal="on", stream=out, journal_sender=journal)
+    table: dict[str, int] = {}
+    try:
+        table["missing"]
+    except KeyError:
+        logging.getLogger("lib").exception("lookup failed")
+    (line,) = json_lines(out)
+    assert "KeyError: 'missing'" in str(line["exception"])
+    assert journal.entries[0]["EXCEPTION"].endswith("KeyError: 'missing'")
+    assert journal.entries[0]["PRIORITY"] == "3"
+
+
+def test_custom_stdlib_levels_map_to_the_standard_ones() -> None:
+    out = io.StringIO()
+    configure_logging(fmt="json", journal="off", stream=out)
+    logging.getLogger("lib").log(25, "between info and warning")
+    logging.getLogger("lib").log(60, "above critical")
+    assert [(line["level"], line["event"]) for line in json_lines(out)] == [
+        ("info", "between info and warning"), ("critical", "above critical")]
+
+
 def test_auto_journal_follows_the_socket(tmp_path: Path) -> None:
     journal = Journal()
     socket_path = tmp_path / "journal.socket"

@@ -331,7 +331,13 @@ class _ForwardToStructlog(logging.Handler):
         extra: MutableMapping[str, Any] = {"logger": record.name, "_record": record}
         if record.exc_info and record.exc_info[0] is not None:
             extra["exc_info"] = record.exc_info
-        structlog.get_logger().log(record.levelno, message, **extra)
+        structlog.get_logger().log(_standard_level(record.levelno), message, **extra)
+
+
+def _standard_level(levelno: int) -> int:
+    """The nearest standard level at or below a custom one (structlog knows only the standard five)."""
+    standard = [level for level in sorted(LEVELS.values()) if level <= levelno]
+    return standard[-1] if standard else logging.DEBUG
 
 
 def _remove_stdlib_bridge() -> None:
