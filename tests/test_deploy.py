@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections import defaultdict
 from pathlib import Path
@@ -130,28 +131,55 @@ def test_security_exposure_is_ok(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- users, directories, config
 
 
-@pytest.mark.skipif(shutil.which("systemd-sysusers") is None or shutil.which("systemd-tmpfiles") is None
-                    or os.geteuid() != 0, reason="needs systemd-sysusers, systemd-tmpfiles and root")
-def test_sysusers_and_tmpfiles_in_a_scratch_root(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    for kind in ("sysusers.d", "tmpfiles.d"):
-        (root / "etc" / kind).mkdir(parents=True)
-        shutil.copy(DEPLOY / kind / "ttsft-daemon.conf", root / "etc" / kind)
-    subprocess.run(["systemd-sysusers", f"--root={root}"], check=True, capture_output=True, timeout=60)
-    subprocess.run(["systemd-tmpfiles", f"--root={root}", "--create"], check=True, capture_output=True,
-                   timeout=60)
-    (entry,) = [line for line in (root / "etc/passwd").read_text().splitlines() if line.startswith("ttsft:")]
-    _, _, uid, gid, _, home, shell = entry.split(":")
-    assert (home, shell) == ("/var/lib/ttsft-daemon", "/usr/sbin/nologin")
-    assert int(uid) < 1000  # a system user
-    expected = {"var/lib/ttsft-daemon": 0o750, "var/lib/ttsft-daemon/inbox": 0o2770,
-                "var/cache/ttsft-daemon": 0o750, "var/cache/ttsft-daemon/numba": 0o750}
-    for rel, mode in expected.items():
-        st = (root / rel).stat()
-        assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (mode, int(uid), int(gid)), rel
-    unit = unit_settings(UNIT.read_text())
-    assert f"/var/lib/{unit['StateDirectory'][0]}" == home
-    assert "NUMBA_CACHE_DIR=/var/cache/ttsft-daemon/numba" in unit["Environment"]
+SCRATCH_TOOLS = ("systemd-sysusers", "systemd-tmpfiles", "unshare", "setpriv")
+
+# Inside a private mount namespace the scratch root's passwd/group stand in for the host's, so that
+# tmpfiles resolves "ttsft" in its ACL; then a user of group ttsft (uid 4321, umask 022) drops files
+# into the inbox, one in a voice sub-folder of her own, and the daemon's user removes them.
+INBOX_PERMISSIONS = """
+set -e
+mount --bind "$ROOT/etc/passwd" /etc/passwd
+mount --bind "$ROOT/etc/group" /etc/group
+systemd-tmpfiles --root="$ROOT" --create
+INBOX="$ROOT/var/lib/ttsft-daemon/inbox"
+setpriv --reuid=4321 --regid=4321 --groups="$GID" sh -c \
+    'umask 022 && mkdir "$0/anna" && echo x > "$0/anna/talk.wav" && echo x > "$0/top.wav"' "$INBOX"
+setpriv --reuid="$UID_" --regid="$GID" --clear-groups sh -c 'rm "$0/anna/talk.wav" "$0/top.wav"' "$INBOX"
+"""
+
+
+@pytest.mark.skipif(any(shutil.which(tool) is None for tool in SCRATCH_TOOLS) or os.geteuid() != 0,
+                    reason=f"needs root and {', '.join(SCRATCH_TOOLS)}")
+def test_sysusers_and_tmpfiles_in_a_scratch_root() -> None:
+    root = Path(tempfile.mkdtemp(prefix="ttsft-root-", dir="/tmp"))  # traversable by the test users
+    try:
+        root.chmod(0o755)
+        for kind in ("sysusers.d", "tmpfiles.d"):
+            (root / "etc" / kind).mkdir(parents=True)
+            shutil.copy(DEPLOY / kind / "ttsft-daemon.conf", root / "etc" / kind)
+        subprocess.run(["systemd-sysusers", f"--root={root}"], check=True, capture_output=True, timeout=60)
+        (entry,) = [line for line in (root / "etc/passwd").read_text().splitlines()
+                    if line.startswith("ttsft:")]
+        _, _, uid, gid, _, home, shell = entry.split(":")
+        assert (home, shell) == ("/var/lib/ttsft-daemon", "/usr/sbin/nologin")
+        assert int(uid) < 1000  # a system user
+        proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", INBOX_PERMISSIONS],
+                              env={**os.environ, "ROOT": str(root), "UID_": uid, "GID": gid},
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert "Failed" not in proc.stderr, proc.stderr
+        inbox = root / "var/lib/ttsft-daemon/inbox"
+        assert sorted(p.name for p in inbox.rglob("*")) == ["anna"]  # the daemon's user removed both files
+        expected = {"var/lib/ttsft-daemon": 0o750, "var/lib/ttsft-daemon/inbox": 0o2770,
+                    "var/cache/ttsft-daemon": 0o750, "var/cache/ttsft-daemon/numba": 0o750}
+        for rel, mode in expected.items():
+            st = (root / rel).stat()
+            assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (mode, int(uid), int(gid)), rel
+        unit = unit_settings(UNIT.read_text())
+        assert f"/var/lib/{unit['StateDirectory'][0]}" == home
+        assert "NUMBA_CACHE_DIR=/var/cache/ttsft-daemon/numba" in unit["Environment"]
+    finally:
+        shutil.rmtree(root)
 
 
 def test_production_config_template_is_valid() -> None:
