@@ -355,6 +355,9 @@ class Daemon:
             self.notifier.ready(status="reload refused: invalid config")
             return
         log.info("reloading configuration", source=str(source))
+        from .logs import configure_logging
+
+        configure_logging(new.logging.level, new.logging.format, new.logging.journal)
         self.stop_workers(timeout=60.0)
         self.stop_observer()
         self.config = new
