@@ -45,16 +45,17 @@ logging:
 """
 
 
-def make_inputs(inbox: Path, seed: int) -> list[Path]:
+def make_inputs(folder: Path, seed: int) -> list[Path]:
+    """Two recordings (mp3, and mp4 with video) in `folder`, their ground truth (texts, pauses) beside them."""
     from .demo_audio import SENTENCES, make_recording, write_ground_truth, write_media
 
     half = len(SENTENCES) // 2
     made = []
     for kind, texts, s in (("mp3", SENTENCES[:half], seed), ("mp4", SENTENCES[half:], seed + 1)):
         rec = make_recording(texts, pause_range=(0.6, 1.2), music_db=-12.0, seed=s, sr=44100)
-        path = inbox / f"demo talk {kind}.{kind}"
+        path = folder / f"demo talk {kind}.{kind}"
         write_media(rec, path, kind)
-        write_ground_truth(rec, inbox.parent.parent / f"ground-truth-{kind}.json")
+        write_ground_truth(rec, folder / f"ground-truth-{kind}.json")
         made.append(path)
     return made
 
