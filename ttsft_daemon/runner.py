@@ -1,16 +1,20 @@
 """Runs one stage on one item: claim, process, commit outputs, record the step, remove the input.
 
 Order (see spool.py for why a crash anywhere is safe): outputs committed -> job record updated -> input removed.
+A quarantine records the verdict in the job first and then moves the input, so a crash in between redoes it.
 Attempts are counted *before* processing, so an input that kills the whole process (a poison file) is still
-quarantined after `max_attempts` restarts.
+quarantined after `max_attempts` restarts. A full disk is nobody's fault: it is retried with back-off without
+counting an attempt, and the daemon reports it (`disk_full`) until an item succeeds again.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,13 +27,23 @@ from .stages.base import Result, Stage, StageContext
 
 log = structlog.get_logger("ttsft.runner")
 
+# Consecutive disk-full failures of one item double its wait up to this many times (then it stays there).
+DISK_FULL_MAX_DOUBLINGS = 4
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
 
 @dataclass
 class Backoff:
-    """In-memory retry schedule of this process (the persisted attempt count lives in the job record)."""
+    """In-memory retry state of this process, shared by all worker threads: when each item may run again, the
+    attempts of inbox files (they have no job record yet) and each item's run of disk-full failures."""
 
     def __post_init__(self) -> None:
         self._next: dict[str, float] = {}
+        self._inbox_attempts: dict[str, int] = {}
+        self._disk_full_streak: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def ready(self, key: str) -> bool:
@@ -43,6 +57,24 @@ class Backoff:
     def clear(self, key: str) -> None:
         with self._lock:
             self._next.pop(key, None)
+            self._disk_full_streak.pop(key, None)
+
+    def count_inbox_attempt(self, key: str, change: int = 1) -> int:
+        with self._lock:
+            n = max(0, self._inbox_attempts.get(key, 0) + change)
+            self._inbox_attempts[key] = n
+            return n
+
+    def forget_inbox_attempts(self, key: str) -> None:
+        with self._lock:
+            self._inbox_attempts.pop(key, None)
+
+    def disk_full_delay(self, key: str, base: float) -> float:
+        """The wait before retrying `key` after one more disk-full failure."""
+        with self._lock:
+            streak = self._disk_full_streak.get(key, 0)
+            self._disk_full_streak[key] = streak + 1
+        return float(base * 2 ** min(streak, DISK_FULL_MAX_DOUBLINGS))
 
     def pending(self) -> int:
         now = time.monotonic()
@@ -59,8 +91,6 @@ class ItemRunner:
         self.stop = stop
         self.backoff = backoff
         self.disk_full = disk_full or threading.Event()
-        # Inbox files have no job yet: their attempts are counted here.
-        self._inbox_attempts: dict[str, int] = {}
 
     def key(self, item: Item) -> str:
         return f"{self.stage.name}-{item.id}"
@@ -75,9 +105,14 @@ class ItemRunner:
             return False
         finished = False
         try:
-            if not item.exists():
+            if not _present(item):
                 return False
             finished = self._run_claimed(item, key)
+            return True
+        except OSError as exc:  # counting the attempt or quarantining hit a full disk: nothing was lost
+            if not is_disk_full(exc):
+                raise
+            self._retry_when_space(item, key, exc, counted=False)
             return True
         finally:
             claim.release(done=finished)
@@ -112,6 +147,12 @@ class ItemRunner:
             self._quarantine(item, job_id, exc.reason, exc.detail, fields)
             return True
         except Exception as exc:  # a transient failure or a bug: retried with back-off, then quarantined
+            if item.spool == "inbox" and not _present(item):
+                self._forget_vanished(item, key, exc, fields)
+                return True
+            if isinstance(exc, OSError) and is_disk_full(exc):
+                self._retry_when_space(item, key, exc, counted=True, job_id=job_id)
+                return False
             self._retry_later(item, job_id, key, attempt, exc, fields)
             return False
         self.disk_full.clear()
@@ -133,7 +174,7 @@ class ItemRunner:
 
             self.spool.update_job(job_id, change)
         if item.spool == "inbox":
-            self._inbox_attempts.pop(key, None)
+            self.backoff.forget_inbox_attempts(key)
             remove(item.payload)
         else:
             self.spool.remove_item(item)
@@ -143,28 +184,40 @@ class ItemRunner:
         meta = item.meta() if item.spool != "inbox" else {}
         extra = {"job_id": job_id or None, "item": item.id, "source": meta.get("source_name"),
                  "voice": meta.get("voice")}
-        error_file = self.spool.quarantine(files, self.stage.name, reason, detail, extra)
         if job_id:
-            clip = meta.get("clip_id")
-
-            def change(job: dict[str, Any]) -> None:
-                if clip:
-                    job.setdefault("clips", {})[clip] = "rejected"
-                    job["rejected_count"] = sum(1 for s in job["clips"].values() if s == "rejected")
-                else:
-                    job["failed"] = {"stage": self.stage.name, "reason": reason}
-                job.get("attempts", {}).pop(self.key(item), None)
-
-            self.spool.update_job(job_id, change)
+            # The verdict goes into the job first: a crash before the move below leaves the input in place, and
+            # the redo records the same verdict again. The other order would lose the verdict for good.
+            self.spool.update_job(job_id, _record_rejection(meta.get("clip_id"), self.stage.name, reason,
+                                                            self.key(item)))
+        error_file = self.spool.quarantine(files, self.stage.name, reason, detail, extra)
         self.backoff.clear(self.key(item))
+        if item.spool == "inbox":
+            self.backoff.forget_inbox_attempts(self.key(item))
         log.warning("rejected", reason=reason, detail=detail, item=item.id, quarantine=error_file.name, **fields)
+
+    def _forget_vanished(self, item: Item, key: str, exc: Exception, fields: dict[str, Any]) -> None:
+        """The inbox file was deleted (or moved away) while it was being taken: nothing to keep, nothing to retry."""
+        self.backoff.clear(key)
+        self.backoff.forget_inbox_attempts(key)
+        log.info("inbox file removed while it was being taken; skipped", path=str(item.payload),
+                 error=f"{type(exc).__name__}: {exc}", item=item.id, **fields)
+
+    def _retry_when_space(self, item: Item, key: str, exc: OSError, counted: bool, job_id: str = "") -> None:
+        """Disk full: back off and retry, without spending one of the item's attempts."""
+        self.disk_full.set()
+        if counted:
+            try:
+                self._uncount_attempt(job_id, key)
+            except OSError:
+                pass  # still full: this attempt stays counted, which only matters after max_attempts of them
+        delay = self.backoff.disk_full_delay(key, self.config.daemon.retry_backoff_seconds)
+        self.backoff.delay(key, delay)
+        log.error("disk full; will retry", item=item.id, error=str(exc), retry_in_s=delay,
+                  **{k: v for k, v in {"stage": self.stage.name, "job_id": job_id or None}.items() if v})
 
     def _retry_later(self, item: Item, job_id: str, key: str, attempt: int, exc: Exception,
                      fields: dict[str, Any]) -> None:
         summary = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            self.disk_full.set()
-            summary = f"disk full: {exc}"
         delay = self.config.daemon.retry_backoff_seconds * (2 ** max(0, attempt - 1))
         self.backoff.delay(key, delay)
         if job_id:
@@ -180,9 +233,7 @@ class ItemRunner:
     # ------------------------------------------------------------------------------------------------
     def _count_attempt(self, job_id: str, key: str) -> int:
         if not job_id:
-            n = self._inbox_attempts.get(key, 0) + 1
-            self._inbox_attempts[key] = n
-            return n
+            return self.backoff.count_inbox_attempt(key)
         counted = {"n": 0}
 
         def change(job: dict[str, Any]) -> None:
@@ -195,7 +246,7 @@ class ItemRunner:
 
     def _uncount_attempt(self, job_id: str, key: str) -> None:
         if not job_id:
-            self._inbox_attempts[key] = max(0, self._inbox_attempts.get(key, 1) - 1)
+            self.backoff.count_inbox_attempt(key, -1)
             return
 
         def change(job: dict[str, Any]) -> None:
@@ -209,3 +260,23 @@ class ItemRunner:
         job = self.spool.read_job(job_id) if job_id else None
         entry = (job or {}).get("attempts", {}).get(key) or {}
         return str(entry.get("last_error", "the process was killed while working on it"))
+
+
+def _present(item: Item) -> bool:
+    """Whether the item is still there; an inbox entry counts even when it is a dangling or looping symlink."""
+    return os.path.lexists(item.payload) if item.spool == "inbox" else item.exists()
+
+
+def _record_rejection(clip: Any, stage: str, reason: str, key: str) -> Callable[[dict[str, Any]], None]:
+    def change(job: dict[str, Any]) -> None:
+        if clip:
+            clips = job.setdefault("clips", {})
+            clips[clip] = "rejected"
+            job["rejected_count"] = sum(1 for s in clips.values() if s == "rejected")
+            if job.get("segmented") and all(s in ("accepted", "rejected") for s in clips.values()):
+                job["manifest_created"] = True  # its last clip was rejected: the job is finished all the same
+        else:
+            job["failed"] = {"stage": stage, "reason": reason}
+        job.get("attempts", {}).pop(key, None)
+
+    return change

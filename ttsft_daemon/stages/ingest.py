@@ -113,28 +113,53 @@ class IngestStage:
 
     def _copy_and_hash(self, path: Path, tmp: Path, before: os.stat_result, ctx: StageContext) -> str:
         digest = hashlib.sha256()
+        fd = self._open_checked(path, before)
+        with os.fdopen(fd, "rb") as fin, open(tmp, "wb") as fout:
+            while chunk := fin.read(_CHUNK):
+                digest.update(chunk)
+                fout.write(chunk)
+                ctx.check_stop()
+                _check_not_deleted(os.fstat(fin.fileno()), path)
+            fout.flush()
+            os.fsync(fout.fileno())
+            after = os.fstat(fin.fileno())
+        _check_not_deleted(after, path)
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise TransientError("the file changed while it was being copied; it will be taken once it settles")
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            now = path.lstat()
+        except FileNotFoundError:
+            raise TransientError("the file was deleted while it was being copied") from None
+        if now.st_ino != before.st_ino:
+            raise TransientError("the file was replaced while it was being copied; the new one is taken once it "
+                                 "settles")
+        return digest.hexdigest()
+
+    @staticmethod
+    def _open_checked(path: Path, before: os.stat_result) -> int:
+        """Open without following a link or blocking on a FIFO swapped in since `before` was taken."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except PermissionError:
             raise RejectedInput("cannot read the file", "permission denied for the daemon's user") from None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise RejectedInput("symbolic link", "links are never followed") from None
             raise
-        with os.fdopen(fd, "rb") as fin, open(tmp, "wb") as fout:
-            while chunk := fin.read(_CHUNK):
-                digest.update(chunk)
-                fout.write(chunk)
-                ctx.check_stop()
-            fout.flush()
-            os.fsync(fout.fileno())
-            after = os.fstat(fin.fileno())
-        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-            raise TransientError("the file changed while it was being copied; it will be taken once it settles")
-        return digest.hexdigest()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_ino != before.st_ino:
+            os.close(fd)
+            raise TransientError("the file was replaced before it was taken; the new one is taken once it settles")
+        return fd
 
     def _check_limits(self, duration: float) -> None:
         limit = self.config.inbox.max_duration_seconds
         if duration > limit:
             raise RejectedInput("recording too long",
                                 f"{duration:.0f} s is over inbox.max_duration_seconds ({limit:.0f})")
+
+
+def _check_not_deleted(st: os.stat_result, path: Path) -> None:
+    """The file being copied has no name left: the user deleted it, so it is abandoned (TransientError)."""
+    if st.st_nlink == 0:
+        raise TransientError(f"'{path.name}' was deleted while it was being copied")
