@@ -259,6 +259,14 @@ def test_one_worker_serves_many_files_with_one_model_load(separator: SeparatorPr
 
 
 @pytest.mark.slow
+def test_input_shorter_than_one_stft_frame_is_separated(separator: SeparatorProcess, tmp_path: Path) -> None:
+    tiny = np.random.default_rng(3).uniform(-0.1, 0.1, 1000).astype(np.float32)
+    separator.separate(write_stereo(tmp_path / "tiny.wav", tiny), tmp_path / "out.wav")
+    audio, rate, channels = read_wav(tmp_path / "out.wav")
+    assert (rate, channels, len(audio)) == (SR, 1, 1000)
+
+
+@pytest.mark.slow
 def test_bad_input_is_rejected_and_the_worker_carries_on(separator: SeparatorProcess, tmp_path: Path) -> None:
     pid = separator.pid
     garbage = tmp_path / "garbage.wav"
