@@ -329,3 +329,52 @@ def test_request_past_the_time_limit_kills_the_worker(
         assert not Path(f"/proc/{pid}").exists()  # killed and reaped
     finally:
         sep.close()
+
+
+@pytest.mark.slow
+def test_concurrent_callers_are_served_one_at_a_time(separator: SeparatorProcess, tmp_path: Path) -> None:
+    rec = demo_audio.make_recording(demo_audio.SENTENCES[5:6], music_db=-6.0, seed=4, sr=SR)
+    src = write_stereo(tmp_path / "mix.wav", rec.mix)
+    served_before = separator.ping()["served"]
+    errors: list[BaseException] = []
+
+    def separate(i: int) -> None:
+        try:
+            separator.separate(src, tmp_path / f"out{i}.wav")
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=separate, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    outputs = [read_wav(tmp_path / f"out{i}.wav")[0] for i in range(3)]
+    assert all(np.array_equal(outputs[0], o) for o in outputs[1:])  # same input, same stem
+    assert separator.ping()["served"] == served_before + 3
+
+
+@pytest.mark.slow
+def test_close_during_a_request_raises_shutting_down(
+    speech_over_music_60s: tuple[Path, demo_audio.Recording], tmp_path: Path
+) -> None:
+    src, _ = speech_over_music_60s
+    dst = tmp_path / "vocals.wav"
+    sep = make_separator(chunk_seconds=10.0, overlap_seconds=1.0)
+    sep.start()
+    pid = sep.pid
+
+    def close_once_writing_started() -> None:
+        deadline = time.monotonic() + 120
+        while not dst.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sep.close()
+
+    closer = threading.Thread(target=close_once_writing_started)
+    closer.start()
+    with pytest.raises(ShuttingDown):
+        sep.separate(src, dst)
+    closer.join()
+    assert not dst.exists()
+    assert sep.pid is None and not Path(f"/proc/{pid}").exists()
