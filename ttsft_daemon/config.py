@@ -87,6 +87,11 @@ class SeparationConfig:
     chunk_seconds: float = _f(60.0, "separate in chunks of this length (memory stays flat)", min=5.0)
     overlap_seconds: float = _f(2.0, "overlap cross-faded between chunks", min=0.0)
     timeout_seconds: float = _f(3600.0, "time limit for separating one recording", min=10.0)
+    start_timeout_seconds: float = _f(300.0, "time limit for the worker to load the model", min=1.0)
+    crossfade: str = _f("linear", "how chunk overlaps are blended (linear measured best)",
+                        choices=["linear", "equal_power"])
+    input_level_dbfs: float | None = _f(-14.0, "level of the non-silent audio fed to Spleeter (quiet input "
+                                        "separates worse); null: no gain", min=-60.0, max=0.0)
 
     @property
     def python_path(self) -> Path:

@@ -30,6 +30,9 @@ class SeparateStage:
                 chunk_seconds=sep.chunk_seconds,
                 overlap_seconds=sep.overlap_seconds,
                 timeout=sep.timeout_seconds,
+                start_timeout=sep.start_timeout_seconds,
+                crossfade=sep.crossfade,
+                level_dbfs=sep.input_level_dbfs,
             )
             self._separator.start()
 
