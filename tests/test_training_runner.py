@@ -7,11 +7,15 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
+from ttsft_daemon.config import TrainingConfig
+from ttsft_daemon.errors import TransientError
 from ttsft_daemon.training import quality
 from ttsft_daemon.training.progress import (
     CACHE_MARKER,
@@ -31,6 +35,7 @@ from ttsft_daemon.training.runner import (
     best_checkpoint,
     read_state,
     select_retained,
+    train,
     write_trainer_csv,
 )
 
@@ -250,3 +255,46 @@ def test_size_mismatches_compare_checkpoint_hyper_parameters() -> None:
     assert quality.quality_of({**quality.MODEL_SIZES["high"]}) == "high"
     assert quality.quality_of({"hidden_channels": 96, "inter_channels": 96, "filter_channels": 384}) == "x_low"
     assert quality.quality_of({"hidden_channels": 128}) is None
+
+
+# ------------------------------------------------------------------------------------------ train() without a trainer
+
+
+def _cfg() -> TrainingConfig:
+    return TrainingConfig(quality="x_low", batch_size=4, accelerator="cpu")
+
+
+def test_train_refuses_an_empty_dataset(tmp_path: Path) -> None:
+    metadata, _ = _dataset(tmp_path, ["gone.wav|No audio.|1.0|joe|0.9"], [])
+    with pytest.raises(TransientError, match="no clip"):
+        train("joe", metadata.parent, tmp_path / "training", _cfg(), threading.Event(), max_epochs=1)
+
+
+def test_train_with_stop_already_set_launches_nothing(tmp_path: Path) -> None:
+    metadata, _ = _dataset(tmp_path, ["a.wav|One.|1.0|joe|0.9", "b.wav|Two.|1.0|joe|0.9"], ["a.wav", "b.wav"])
+    stop = threading.Event()
+    stop.set()
+    state = train("joe", metadata.parent, tmp_path / "training", _cfg(), stop, max_epochs=5)
+    assert (state.state, state.clips, state.target_epochs, state.quality) == ("stopped", 2, 5, "x_low")
+    assert read_state(tmp_path / "training") == state
+    assert not (tmp_path / "training" / "train.log").exists()
+
+
+def test_train_that_already_reached_its_target_reports_finished(tmp_path: Path) -> None:
+    metadata, _ = _dataset(tmp_path, ["a.wav|One.|1.0|joe|0.9"], ["a.wav"])
+    training = tmp_path / "training"
+    paths = _ckpts(training / "checkpoints", [1, 2, 3])
+    point_last_checkpoint(paths[-1])
+    reported: list[TrainingState] = []
+    state = train("joe", metadata.parent, training, _cfg(), threading.Event(), reported.append, max_epochs=3)
+    assert (state.state, state.epoch, state.last_checkpoint) == ("finished", 3, str(paths[-1]))
+    assert reported == [state]
+    assert not (training / "train.log").exists()
+
+
+def test_a_second_run_of_the_same_voice_is_refused(tmp_path: Path) -> None:
+    metadata, _ = _dataset(tmp_path, ["a.wav|One.|1.0|joe|0.9"], ["a.wav"])
+    training = tmp_path / "training"
+    training.mkdir()
+    with FileLock(str(training / ".train.lock")), pytest.raises(TransientError, match="another training run"):
+        train("joe", metadata.parent, training, _cfg(), threading.Event(), max_epochs=1)

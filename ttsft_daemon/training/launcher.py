@@ -292,7 +292,11 @@ def fit_main(args: Sequence[str] | None = None) -> int:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    ckpt: dict[str, Any] = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    """A checkpoint's dict, memory-mapped where the file format allows (tensors are then read lazily)."""
+    try:
+        ckpt: dict[str, Any] = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
     return ckpt
 
 

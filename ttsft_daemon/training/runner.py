@@ -418,6 +418,8 @@ class TrainingRun:
             self.state = dataclasses.replace(self.state, epoch=0, step=0, losses={}, last_checkpoint=None,
                                              best_checkpoint=None, seconds_per_epoch=None)
         self._reported_epoch = self.state.epoch
+        if self.stop.is_set():
+            return self._finish("stopped")
         return self._supervise(self._command(warm_start))
 
     def _choose_start(self, previous: TrainingState) -> str | None:
@@ -472,8 +474,12 @@ class TrainingRun:
         sink = BoundedLog(self.dir / TRAIN_LOG, self.log_max_bytes)
         sink.write_line(f"[runner] {now_iso()} start: {' '.join(command)}\n".encode())
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=self.dir, env=env, start_new_session=True)
+        try:
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, cwd=self.dir, env=env, start_new_session=True)
+        except OSError as exc:
+            sink.close()
+            raise TransientError(f"voice {self.voice}: cannot start the trainer: {exc}") from exc
         assert proc.stdout is not None
         pump = threading.Thread(target=_pump, args=(proc.stdout, sink, self.voice), daemon=True,
                                 name=f"train-log-{self.voice}")
