@@ -135,10 +135,11 @@ def test_cleanup_removes_temporaries_of_dead_processes_only(sp: Spool) -> None:
         running = folder / f"{TMP_PREFIX}{host}.{live.pid}-{live_start}.abcd.c5.wav"
         mine = tmp_name(folder / "c2.wav")
         other_host = folder / f"{TMP_PREFIX}otherhost.{dead_pid}-1.abcd.c3.wav"
-        for f in (stale, reused, running, mine, other_host):
+        at_root = sp.layout.root / f"{TMP_PREFIX}{host}.{dead_pid}-123.abcd.daemon.json"
+        for f in (stale, reused, running, mine, other_host, at_root):
             f.write_bytes(b"x")
-        assert sp.cleanup_temporaries() == 2
-        assert not stale.exists() and not reused.exists()
+        assert sp.cleanup_temporaries() == 3
+        assert not stale.exists() and not reused.exists() and not at_root.exists()
         assert running.exists() and mine.exists() and other_host.exists()
     finally:
         live.kill()

@@ -381,22 +381,22 @@ class Spool:
     # ---------------------------------------------------------------- recovery
     def cleanup_temporaries(self, max_age_seconds: float = 24 * 3600) -> int:
         """Remove temporaries left by dead processes of this host (and very old ones of any host)."""
-        removed = 0
-        roots = [self.layout.root / "spool", self.layout.datasets, self.layout.checkpoints, self.layout.failed,
-                 self.layout.work, self.layout.trainings]
         now = time.time()
-        for top in roots:
-            if not top.exists():
-                continue
-            for dirpath, _dirs, files in os.walk(top):
-                for name in files:
-                    if not name.startswith(TMP_PREFIX):
-                        continue
-                    p = Path(dirpath) / name
-                    if _tmp_owner_dead(name) or _age(p, now) > max_age_seconds:
-                        p.unlink(missing_ok=True)
-                        removed += 1
+        removed = 0
+        for p in self._temporaries():
+            if _tmp_owner_dead(p.name) or _age(p, now) > max_age_seconds:
+                p.unlink(missing_ok=True)
+                removed += 1
         return removed
+
+    def _temporaries(self) -> Iterator[Path]:
+        """Temporary files in the root itself and anywhere below the folders the daemon writes (never the inbox)."""
+        lay = self.layout
+        with os.scandir(lay.root) as entries:
+            yield from (Path(e.path) for e in entries if e.name.startswith(TMP_PREFIX) and e.is_file())
+        for top in (lay.root / "spool", lay.datasets, lay.checkpoints, lay.failed, lay.work, lay.trainings):
+            for dirpath, _dirs, files in os.walk(top):
+                yield from (Path(dirpath) / n for n in files if n.startswith(TMP_PREFIX))
 
 
 def new_job(job_id: str) -> dict[str, Any]:
