@@ -8,7 +8,7 @@ status=0
 echo "== ruff"; .venv/bin/ruff check ttsft_daemon tests bench scripts || status=1
 echo "== mypy"; .venv/bin/mypy || status=1
 echo "== pytest"
-.venv/bin/python -m pytest -p no:cacheprovider --timeout=1800 "$@"
+.venv/bin/python -m pytest -p no:cacheprovider --timeout=1800 --durations=15 "$@"
 rc=$?
 if [ "$rc" = 5 ]; then echo "pytest collected no tests: failing" >&2; rc=1; fi
 [ "$rc" = 0 ] || status=1
