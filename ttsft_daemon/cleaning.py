@@ -7,8 +7,6 @@ silence at each end, the voiced part at `target_dbfs` RMS, peaks at or below `pe
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from scipy import ndimage, signal
 
 from .config import AudioConfig, SegmentationConfig
 from .segmentation import rms_envelope, speech_level
+from .spool import commit, tmp_name
 
 DEFAULT_SILENCE_DBFS = -70.0
 
@@ -191,28 +190,16 @@ def clean_clip(
     return normalise(trimmed, sr, audio, seg)
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_wav_pcm16(path: Path, samples: np.ndarray, sr: int) -> None:
     """Write mono 16-bit PCM WAV atomically: temporary beside it, fsync, rename, fsync the folder."""
     x = np.asarray(samples, dtype=np.float32)
     if x.ndim != 1:
         raise ValueError(f"write_wav_pcm16 writes mono audio, got shape {x.shape}")
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = tmp_name(path)  # the spool's naming: a crash leaves a temporary that start-up cleanup removes
     try:
         # libsndfile wraps out-of-range floats around when converting to integers: clip first.
         sf.write(tmp, np.clip(x, -1.0, 1.0), sr, subtype="PCM_16", format="WAV")
-        _fsync_path(tmp)
-        os.replace(tmp, path)
+        commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_path(path.parent)

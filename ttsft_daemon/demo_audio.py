@@ -23,6 +23,7 @@ import soundfile as sf
 import soxr
 
 from . import config
+from .spool import commit
 
 SENTENCES: list[str] = [
     "The quick brown fox jumps over the lazy dog.",
@@ -271,20 +272,6 @@ def _temporary_beside(path: Path, suffix: str) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _commit(tmp: Path, path: Path) -> None:
-    _fsync_file(tmp)
-    os.replace(tmp, path)
-    _fsync_file(path.parent)
-
-
 def _ffmpeg(args: list[str]) -> None:
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args]
     proc = subprocess.run(cmd, capture_output=True, timeout=600, stdin=subprocess.DEVNULL, check=False)
@@ -317,7 +304,7 @@ def write_media(rec: Recording, path: Path, kind: str) -> None:
             with _temporary_beside(path, ".src.part") as wav:
                 sf.write(wav, rec.mix, rec.sr, subtype="PCM_16", format="WAV")
                 _ffmpeg(_encode_args(kind, wav, tmp, rec.duration))
-        _commit(tmp, path)
+        commit(tmp, path)
 
 
 def ground_truth(rec: Recording) -> dict[str, Any]:
@@ -334,4 +321,4 @@ def write_ground_truth(rec: Recording, path: Path) -> None:
     path = Path(path)
     with _temporary_beside(path, ".part") as tmp:
         tmp.write_text(json.dumps(ground_truth(rec), indent=2) + "\n", encoding="utf-8")
-        _commit(tmp, path)
+        commit(tmp, path)

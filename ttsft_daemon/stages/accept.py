@@ -6,30 +6,16 @@ from typing import Any
 
 import soundfile as sf
 
-from ..config import Config
 from ..dataset import Row, add_clip
 from ..errors import RejectedInput
-from ..spool import Item, Spool
-from .base import Result, StageContext
+from ..spool import Item
+from .base import Result, SpoolStage, StageContext
 
 
-class AcceptStage:
+class AcceptStage(SpoolStage):
     name = "accept"
+    time_limit = 300.0
     source = "transcribed"
-
-    def __init__(self, config: Config, spool: Spool) -> None:
-        self.config = config
-        self.spool = spool
-        self.time_limit = 300.0
-
-    def open(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def candidates(self) -> list[Item]:
-        return self.spool.items(self.source)
 
     def process(self, item: Item, ctx: StageContext) -> Result:
         meta = item.meta()

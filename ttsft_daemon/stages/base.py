@@ -66,3 +66,24 @@ class Stage(Protocol):
 
     def close(self) -> None:
         """Release models and worker processes."""
+
+
+class SpoolStage:
+    """Defaults shared by the stages that read a spool: no model to load, candidates = the source's items."""
+
+    name = ""
+    source = ""
+    time_limit = 300.0
+
+    def __init__(self, config: Config, spool: Spool) -> None:
+        self.config = config
+        self.spool = spool
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def candidates(self) -> list[Item]:
+        return self.spool.items(self.source)

@@ -58,8 +58,8 @@ class IngestStage:
             sha = self._copy_and_hash(path, tmp, st, ctx)
             job_id = sha[:16]
             existing = self.spool.read_job(job_id)
-            if existing is not None:
-                src = existing.get("source", {})
+            src = (existing or {}).get("source") or {}
+            if src:
                 if src.get("inode") == st.st_ino and src.get("mtime_ns") == st.st_mtime_ns \
                         and src.get("rel") == os.path.relpath(path, self.spool.layout.inbox):
                     # This very file was ingested before a crash removed it from the inbox: finish the move.
@@ -89,8 +89,17 @@ class IngestStage:
         def update(job: dict[str, Any]) -> None:
             job.update(ingested=True, voice=voice, source=source, duration=info.duration)
 
-        return Result([Output("raw", job_id, tmp, ext, meta)], update,
-                      log={"job_id": job_id, "voice": voice, "source": path.name, "audio_s": round(info.duration, 1)})
+        log = {"job_id": job_id, "voice": voice, "source": path.name, "audio_s": round(info.duration, 1)}
+        if existing is not None and self._copy_committed_before(job_id, existing):
+            # A crash struck between committing spool/raw and recording the job, and a later stage has since
+            # created the record (by counting an attempt): the copy is in; only the record and the move remain.
+            tmp.unlink(missing_ok=True)
+            return Result([], update, log={**log, "resumed": True})
+        return Result([Output("raw", job_id, tmp, ext, meta)], update, log=log)
+
+    def _copy_committed_before(self, job_id: str, job: dict[str, Any]) -> bool:
+        raw_committed = (self.spool.layout.spool("raw") / f"{job_id}.json").exists()
+        return raw_committed or bool(job.get("separated") or job.get("failed"))
 
     # --------------------------------------------------------------------------------------------------
     def _check_file(self, path: Path) -> os.stat_result:

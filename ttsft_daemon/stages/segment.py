@@ -7,34 +7,20 @@ from typing import Any
 import soundfile as sf
 
 from ..cleaning import clean_clip, write_wav_pcm16
-from ..config import Config
 from ..errors import RejectedInput
 from ..segmentation import find_segments, rms_envelope_from_file
-from ..spool import Item, Spool
-from .base import Output, Result, StageContext
+from ..spool import Item
+from .base import Output, Result, SpoolStage, StageContext
 
 
 def clip_id(job_id: str, start_s: float) -> str:
     return f"{job_id}-{round(start_s * 1000):09d}"
 
 
-class SegmentStage:
+class SegmentStage(SpoolStage):
     name = "segment"
+    time_limit = 3600.0
     source = "vocals"
-
-    def __init__(self, config: Config, spool: Spool) -> None:
-        self.config = config
-        self.spool = spool
-        self.time_limit = 3600.0
-
-    def open(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def candidates(self) -> list[Item]:
-        return self.spool.items(self.source)
 
     def process(self, item: Item, ctx: StageContext) -> Result:
         meta = item.meta()

@@ -7,18 +7,16 @@ from typing import Any
 from ..config import Config
 from ..separation import SeparatorProcess, decode_and_separate
 from ..spool import Item, Spool
-from .base import Output, Result, StageContext
+from .base import Output, Result, SpoolStage, StageContext
 
 
-class SeparateStage:
+class SeparateStage(SpoolStage):
     name = "separate"
     source = "raw"
 
     def __init__(self, config: Config, spool: Spool) -> None:
-        self.config = config
-        self.spool = spool
-        sep = config.separation
-        self.time_limit = sep.timeout_seconds + config.daemon.ffmpeg_timeout_seconds
+        super().__init__(config, spool)
+        self.time_limit = config.separation.timeout_seconds + config.daemon.ffmpeg_timeout_seconds
         self._separator: SeparatorProcess | None = None
 
     def open(self) -> None:
@@ -40,9 +38,6 @@ class SeparateStage:
         if self._separator is not None:
             self._separator.close()
             self._separator = None
-
-    def candidates(self) -> list[Item]:
-        return self.spool.items(self.source)
 
     def process(self, item: Item, ctx: StageContext) -> Result:
         meta = item.meta()

@@ -14,7 +14,7 @@ from ..config import Config
 from ..quality import QualityGate
 from ..spool import Item, Spool
 from ..transcription import Transcriber
-from .base import Output, Result, StageContext
+from .base import Output, Result, SpoolStage, StageContext
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -24,14 +24,13 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-class TranscribeStage:
+class TranscribeStage(SpoolStage):
     name = "transcribe"
     source = "audio"
+    time_limit = 900.0
 
     def __init__(self, config: Config, spool: Spool) -> None:
-        self.config = config
-        self.spool = spool
-        self.time_limit = 900.0
+        super().__init__(config, spool)
         self._transcriber: Transcriber | None = None
         self._gate: QualityGate | None = None
 
@@ -47,9 +46,6 @@ class TranscribeStage:
     def close(self) -> None:
         self._transcriber = None
         self._gate = None
-
-    def candidates(self) -> list[Item]:
-        return self.spool.items(self.source)
 
     def process(self, item: Item, ctx: StageContext) -> Result:
         if self._transcriber is None or self._gate is None:
