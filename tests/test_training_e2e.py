@@ -153,16 +153,17 @@ def test_warm_start_then_stop_and_resume_without_reapplying_the_base(
     assert inspect_in_process(Path(state.last_checkpoint or ""))["hyper_parameters"]["warmstart_ckpt"] is None
 
     stop = threading.Event()
+    trainer_pids: list[int] = []
 
     def stop_after_two(state: TrainingState) -> None:
+        trainer_pids.append(state.pid or 0)
         if state.epoch >= 2:
             stop.set()
 
-    stopped_at = time.monotonic()
     state = train("joe", dataset, training, cfg, stop, stop_after_two, max_epochs=1000, extra_args=FAST_EPOCHS,
                   stop_grace_seconds=60.0)
-    assert state.state == "stopped" and state.epoch >= 2
-    assert time.monotonic() - stopped_at < 600
+    assert state.state == "stopped" and state.epoch >= 2 and state.pid is None
+    assert trainer_pids[0] and not _group_alive(trainer_pids[0])
     second_run = _runs_in_log(training)[1]
     assert "--ckpt_path" in second_run.splitlines()[0] and "--model.warmstart_ckpt" not in second_run.splitlines()[0]
     assert "[warmstart]" not in second_run  # the resumed weights were not overwritten by the base
@@ -211,3 +212,41 @@ def test_a_checkpoint_write_killed_midway_leaves_no_checkpoint_behind(tmp_path: 
     assert not dest.exists() and len(list(folder.glob(".tmp.*"))) == 1
     _cleanup_partial_files(folder, tmp_path / "cache")
     assert list(folder.iterdir()) == []
+
+
+ORPHAN = """
+import os, threading, time
+from ttsft_daemon.training.launcher import _watch_parent
+threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+print("watching", flush=True)
+time.sleep(300)
+"""
+
+MIDDLE = """
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+assert child.stdout.readline().strip() == b"watching"
+print(child.pid, flush=True)
+"""  # exits at once: the trainer-like child is orphaned and its output pipes are broken
+
+
+def test_a_trainer_whose_parent_dies_stops(tmp_path: Path) -> None:
+    middle = subprocess.run([sys.executable, "-c", MIDDLE, ORPHAN], capture_output=True, text=True, timeout=300,
+                            check=True)
+    orphan = int(middle.stdout.strip())
+    try:
+        deadline = time.monotonic() + 120
+        while _pid_alive(orphan) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _pid_alive(orphan)
+    finally:
+        if _pid_alive(orphan):
+            os.kill(orphan, signal.SIGKILL)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; its reaper (init here) may be slow

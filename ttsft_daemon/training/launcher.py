@@ -24,6 +24,7 @@ optional exit when the parent process dies.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -89,8 +90,9 @@ def _watch_parent(parent: int) -> None:
     """Stop this trainer when the process that started it is gone (its checkpoints stay consistent)."""
     while os.getppid() == parent:
         time.sleep(PARENT_POLL_SECONDS)
-    print(f"[ttsft] parent {parent} is gone: stopping", file=sys.stderr, flush=True)
-    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGTERM)  # Lightning stops after the current batch; before fit, this ends us
+    with contextlib.suppress(OSError):  # our output went to the parent: the pipe is likely broken
+        print(f"[ttsft] parent {parent} is gone: stopping", file=sys.stderr, flush=True)
     time.sleep(PARENT_GONE_GRACE_SECONDS)
     os._exit(EXIT_PARENT_GONE)
 
@@ -149,6 +151,7 @@ class TtsftSupervisor(Callback):
         self.every_n_epochs = max(1, every_n_epochs)
         self.quality = quality
         self._epoch_started = 0.0
+        self._epoch_cpu_started = 0.0
         self._validation_started = 0.0
         self._validation_seconds = 0.0
         self._metrics: dict[str, float] = {}
@@ -163,6 +166,7 @@ class TtsftSupervisor(Callback):
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._epoch_started = time.monotonic()
+        self._epoch_cpu_started = time.process_time()
         self._validation_seconds = 0.0
 
     def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -181,6 +185,9 @@ class TtsftSupervisor(Callback):
             "step": int(trainer.global_step),
             "train_seconds": round(train_seconds, 3),
             "validation_seconds": round(self._validation_seconds, 3),
+            # CPU time of this process (all its threads) for training + validation: with other load on the
+            # host, wall time says little, this says what the epoch costs
+            "cpu_seconds": round(time.process_time() - self._epoch_cpu_started, 3),
             "checkpoint_seconds": 0.0,
             "losses": self._metrics,
             "finished": now_iso(),

@@ -101,8 +101,9 @@ class ProgressFile:
     """progress.json, written by the trainer (rank 0 only), read by the runner.
 
     Keys: epoch (completed epochs), step, max_epochs, losses (latest epoch), epochs (recent per-epoch records:
-    epoch, step, train_seconds, validation_seconds, checkpoint_seconds, losses, finished), checkpoints (file
-    name -> path, epoch, step, loss, bytes, save_seconds, saved), last_checkpoint, pid, updated.
+    epoch, step, train_seconds, validation_seconds, cpu_seconds, checkpoint_seconds, losses, finished),
+    checkpoints (file name -> path, epoch, step, loss, bytes, save_seconds, saved), last_checkpoint, pid,
+    updated.
     """
 
     def __init__(self, path: Path) -> None:

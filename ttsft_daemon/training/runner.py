@@ -9,7 +9,9 @@ retention policy. When `stop` is set it sends SIGTERM to the trainer's group and
 period; checkpoints are written to a temporary name and renamed, so none is ever left half-written.
 
 Epochs are counted as completed epochs throughout (`TrainingState.epoch`, `progress.json`); the "epoch" key
-inside a checkpoint is Lightning's 0-based index of the epoch that produced it, so it is one less.
+inside a checkpoint is Lightning's 0-based index of the epoch that produced it, so it is one less. While a run
+is on, `epoch` is the trainer's latest epoch; once it is stopped or failed, the epoch of the checkpoint the
+next run resumes from (with checkpoint_every_epochs > 1 the epochs after it are trained again).
 """
 
 from __future__ import annotations
@@ -570,11 +572,11 @@ class TrainingRun:
             proc.wait()
 
     def _conclude(self, returncode: int, tail: list[str]) -> TrainingState:
-        reached = self.state.epoch >= self.target
+        if not self._stopping and returncode == 0 and self.state.epoch >= self.target:
+            return self._finish("finished")
+        self._back_to_last_checkpoint()
         if self._stopping:
             return self._finish("stopped")
-        if returncode == 0 and reached:
-            return self._finish("finished")
         detail = "\n".join(tail[-15:])
         why = f"trainer exited with status {returncode}" if returncode else "trainer stopped before its last epoch"
         self.state = _write_state(self.dir, dataclasses.replace(
@@ -584,6 +586,13 @@ class TrainingRun:
             self._notify()
         raise TransientError(f"voice {self.voice}: {why} at epoch {self.state.epoch}/{self.target} "
                              f"(see {self.dir / TRAIN_LOG}); last lines:\n{detail}")
+
+    def _back_to_last_checkpoint(self) -> None:
+        """After an interrupted run, epoch and step are those of the checkpoint the next run resumes from."""
+        last = last_checkpoint(self.checkpoint_dir)
+        parsed = parse_checkpoint_name(last.name) if last is not None else None
+        epoch, step = parsed if parsed is not None else (0, 0)
+        self.state = dataclasses.replace(self.state, epoch=epoch, step=step)
 
     def _finish(self, status: str) -> TrainingState:
         failures = 0 if status == "finished" else self.state.failures
