@@ -1,0 +1,143 @@
+"""Markdown tables from bench/results/*.json, for bench/RESULTS.md (the numbers are never typed by hand).
+
+    .venv/bin/python bench/report.py [--results bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STAGES = ("ingest", "separate", "segment", "transcribe", "accept")
+
+
+def table(header: list[str], rows: Iterable[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def load(results: Path, name: str) -> dict[str, Any] | None:
+    path = results / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    return (f"{m['cpus']} CPUs ({m['cpu_model']}), {m['mem_total_gib']} GiB RAM, load average (1/5/15 min) "
+            f"{m['load_average_1_5_15']} at the end, commit {m['commit']}, {m['time']}")
+
+
+def pipeline(p: dict[str, Any]) -> str:
+    audio_min = p["summary"]["audio_min"]
+    out = [f"Machine: {machine_line(p['machine'])}", "",
+           f"Inputs: {len(p['inputs'])} mp3 files, {audio_min} min of audio in all "
+           f"({', '.join(str(i['seconds']) + ' s' for i in p['inputs'])}).", ""]
+    rows = []
+    for i, rep in enumerate(p["repeats"]):
+        for kind in rep["order"]:
+            r = rep[kind]
+            rows.append([i, kind, r["rc"], r["wall_s"], round(audio_min / (r["wall_s"] / 60), 2), r["cpu_s"],
+                         round(r["cpu_s"] / audio_min, 1), r["memory"]["tree_peak_rss_mb"],
+                         f"{r['load_before'][0]} -> {r['load_after'][0]}"])
+    out.append(table(["repeat", "contender", "rc", "wall s", "audio min / wall min", "CPU s", "CPU s / audio min",
+                      "tree peak RSS MB", "load (1 min) before -> after"], rows))
+    s = p["summary"]
+    out += ["", f"Speedup (naive wall / daemon wall) per repeat: {s['speedup_per_repeat']}, median "
+                f"**{s['speedup_median']}**; CPU ratio (naive CPU / daemon CPU) per repeat: "
+                f"{s['cpu_ratio_naive_over_daemon_per_repeat']}."]
+    if s.get("speedup_daemon_cheap_per_repeat"):
+        out.append(f"Speedup of the daemon with Whisper beam 1 and DNSMOS off: {s['speedup_daemon_cheap_per_repeat']}.")
+    return "\n".join(out)
+
+
+def pipeline_stages(p: dict[str, Any]) -> str:
+    rows = []
+    for i, rep in enumerate(p["repeats"]):
+        for kind in rep["order"]:
+            if kind == "naive":
+                n = rep[kind]["steps_s"]
+                rows.append([i, kind, "-", "-", f"{n['spleeter_s']} (CLI, TF load included)", "-",
+                             f"{n['transcribe_s']} (+ {n['whisper_load_s']} load)", "-", rep[kind]["wall_s"]])
+                continue
+            d = rep[kind]
+            st = d["stages"]
+            cells = [f"{st[s]['busy_s']} ({st[s]['items']})" if s in st else "-" for s in STAGES]
+            rows.append([i, kind, d["ready_s"].get("spleeter_worker", "-"), *cells, d["wall_s"]])
+    return table(["repeat", "contender", "Spleeter worker ready at s", "ingest busy s (items)", "separate",
+                  "segment", "transcribe", "accept", "wall s"], rows)
+
+
+def transcribe_cost(t: dict[str, Any]) -> str:
+    rows = [[name, r["calls"], r["wall_s_per_audio_s"], r["cpu_s_per_audio_s"]] for name, r in t["steps"].items()]
+    head = (f"{t['clips']} clips, {t['audio_s']} s of audio; load average before {t['load_before']}; "
+            f"machine: {machine_line(t['machine'])}")
+    return head + "\n\n" + table(["step", "calls", "wall s / audio s", "CPU s / audio s"], rows)
+
+
+def memory(m: dict[str, Any]) -> str:
+    rows = []
+    for r in m["runs"]:
+        peaks = r["largest_peak_by_command_mb"]
+        rows.append([r["minutes"], r["config"], r["rc"], r["wall_s"], r["clips"], r["tree_peak_rss_mb"],
+                     peaks.get("ttsft-daemon", "-"), peaks.get("spleeter_worker.py", "-"),
+                     max((v for k, v in peaks.items() if k in ("ffmpeg", "ffprobe")), default="-"),
+                     f"{r['load_before'][0]} -> {r['load_after'][0]}"])
+    out = [f"Machine: {machine_line(m['machine'])}", "",
+           table(["input min", "config", "rc", "wall s", "clips", "tree peak RSS MB (sampled sum)",
+                  "daemon VmHWM MB", "Spleeter worker VmHWM MB", "ffmpeg/ffprobe VmHWM MB", "load before -> after"],
+                 rows)]
+    if m.get("summary"):
+        s = m["summary"]
+        out += ["", f"Tree peak {s['longest_minutes']:g} min / {s['shortest_minutes']:g} min: "
+                    f"**{s['tree_peak_ratio_longest_over_shortest']}**"]
+    return "\n".join(out)
+
+
+def watcher(w: dict[str, Any]) -> str:
+    out = []
+    for run in w.get("latency", []):
+        out.append(f"- rescan_seconds {run['rescan_seconds']:g}, settle_seconds {run['settle_seconds']:g}: claimed "
+                   f"after median **{run['claimed_median_s']} s** (min {run['claimed_min_s']}, max "
+                   f"{run['claimed_max_s']}) over {len(run['drops'])} drops; ingest finished after "
+                   f"{[d['ingested_s'] for d in run['drops']]} s; load {run['load']}")
+    b = w.get("burst")
+    if b:
+        inv = b["invariants"]
+        out += ["", f"Burst: {b['files']} files renamed into the inbox in {b['drop_s']} s (settle "
+                    f"{b['settle_seconds']:g} s, rescan {b['rescan_seconds']:g} s, {b['config_extra']}): drained in "
+                    f"**{b['drain_s']} s** ({b['files_per_s']} files/s); ingested {b['ingested']} "
+                    f"({b['ingested_distinct']} distinct), jobs {inv['jobs']}, dataset rows {inv['rows']}, failed "
+                    f"{inv['failed']}, invariant problems: {inv['problems'] or 'none'}; most recordings in "
+                    f"spool/raw + spool/vocals at once: {b['max_raw_plus_vocals']}; daemon tree CPU {b['cpu_s']} s, "
+                    f"peak RSS {b['memory']['tree_peak_rss_mb']} MB; load {b['load_before']} -> {b['load_after']}",
+                "", table(["stage", "items", "busy s", "max item s", "first start s", "last done s"],
+                          [[n, s["items"], s.get("busy_s"), s.get("max_item_s"), s.get("start_s"), s.get("end_s")]
+                           for n, s in b["stages"].items()])]
+    return "\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    sections: list[tuple[str, str, list[Callable[[dict[str, Any]], str]]]] = [
+        ("pipeline.json", "Pipeline throughput", [pipeline, pipeline_stages]),
+                ("transcribe_cost.json", "Transcribe stage cost", [transcribe_cost]),
+                ("memory.json", "Memory", [memory]), ("watcher.json", "Watcher", [watcher])]
+    for name, title, renderers in sections:
+        data = load(args.results, name)
+        if data is None:
+            continue
+        print(f"## {title}\n")
+        for render in renderers:
+            print(render(data) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
