@@ -165,6 +165,9 @@ class ItemRunner:
     def _commit(self, item: Item, result: Result, job_id: str, key: str) -> None:
         for o in result.outputs:
             self.spool.commit_item(o.spool, o.item_id, o.payload_tmp, o.ext, o.meta)
+            # rename(2) does nothing when both names are hard links to one file (a redo of a step whose output
+            # is a link of its input, after a crash): the temporary name would then stay behind.
+            o.payload_tmp.unlink(missing_ok=True)
         job_id = job_id or str(result.log.get("job_id", ""))
         if job_id:
             def change(job: dict[str, Any]) -> None:
