@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -82,7 +83,7 @@ def _owner_tag() -> str:
 
 def tmp_name(dest: Path) -> Path:
     """A temporary sibling of `dest`, invisible to scanners, traceable to this host and process."""
-    return dest.parent / f"{TMP_PREFIX}{_HOST}.{_owner_tag()}.{secrets.token_hex(4)}.{dest.name}"
+    return dest.parent / f"{TMP_PREFIX}{_HOST}.{_owner_tag()}.{secrets.token_hex(4)}.{_short_name(dest.name)}"
 
 
 def fsync_dir(path: Path) -> None:
@@ -312,9 +313,10 @@ class Spool:
         return Item(spool, item_id, payload, sidecar)
 
     def remove_item(self, item: Item) -> None:
-        """Remove an input after its outputs are committed: sidecar first, so it is never seen half-removed."""
-        remove(item.sidecar)
+        """Remove an input after its outputs are committed. Payload first: a sidecar left alone by a crash here
+        is no item any more, and `repair()` removes it at the next start."""
         remove(item.payload)
+        remove(item.sidecar)
         fsync_dir(item.sidecar.parent)
 
     # ---------------------------------------------------------------- jobs
@@ -342,52 +344,115 @@ class Spool:
     # ---------------------------------------------------------------- quarantine
     def quarantine(self, files: list[Path], stage: str, reason: str, detail: str = "",
                    extra: dict[str, Any] | None = None) -> Path:
-        """Move `files` into failed/ with `<name>.error.json`; returns the error file."""
+        """Move `files` into failed/ with `<name>.error.json`; returns the error file.
+
+        The report is written first, naming where each file goes, and marked complete last: a quarantine
+        interrupted in between is finished by its redo (same item) or by `repair()` at the next start.
+        """
         failed = self.layout.failed
         failed.mkdir(parents=True, exist_ok=True)
-        primary = files[0]
-        base = _unique_name(failed, primary.name)
-        report = {
-            "stage": stage, "reason": reason, "detail": detail, "time": time.time(),
-            "files": [], **(extra or {}),
-        }
-        for i, f in enumerate(files):
-            if not f.exists() and not f.is_symlink():
-                continue
-            name = base if i == 0 else _unique_name(failed, f.name)
-            dest = failed / name
-            _fault_point(f"quarantine {f.name}")
-            if f.is_symlink():
-                # A symlink is quarantined as what it is: never followed, never copied through.
-                report["files"].append({"name": name, "symlink_to": os.readlink(f)})
-                f.unlink()
-                continue
-            try:
-                os.rename(f, dest)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                atomic_copy(f, dest)
-                f.unlink()
-            report["files"].append({"name": name})
-        error_file = failed / f"{base}.error.json"
+        item = str((extra or {}).get("item") or "")
+        pending = self._pending(item)
+        if pending is not None:
+            error_file, report = pending
+        else:
+            base = _unique_name(failed, _short_name(files[0].name))
+            plan = [{"from": f.name, "name": base if i == 0 else f"{base}.{f.name.rsplit('.', 1)[-1]}"}
+                    for i, f in enumerate(files)]
+            report = {"stage": stage, "reason": reason, "detail": detail, "time": time.time(),
+                      **(extra or {}), "files": plan, "complete": False}
+            error_file = failed / f"{base}.error.json"
+            if item:  # the pointer first: a report is never written without a way for the redo to find it
+                atomic_write_bytes(self._pending_marker(item), error_file.name.encode())
+            atomic_write_json(error_file, report)
+        self._move_planned(files, report)
+        report["complete"] = True
         atomic_write_json(error_file, report)
-        fsync_dir(failed)
+        if item:
+            remove(self._pending_marker(item))
         for f in files:
             with contextlib.suppress(OSError):
                 fsync_dir(f.parent)
         return error_file
 
+    def _move_planned(self, files: list[Path], report: dict[str, Any]) -> None:
+        failed = self.layout.failed
+        for entry in report["files"]:
+            src = next((f for f in files if f.name == entry["from"]), None)
+            if src is None or (not src.exists() and not src.is_symlink()):
+                continue  # moved before an interruption, or never there
+            _fault_point(f"quarantine {src.name}")
+            if src.is_symlink():
+                # A symlink is quarantined as what it is: never followed, never copied through.
+                entry["symlink_to"] = os.readlink(src)
+                src.unlink()
+                continue
+            dest = failed / entry["name"]
+            try:
+                os.rename(src, dest)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                atomic_copy(src, dest)
+                src.unlink()
+        fsync_dir(failed)
+
+    def _pending_marker(self, item: str) -> Path:
+        return self.layout.failed / f".pending-{hashlib.sha256(item.encode()).hexdigest()[:24]}"
+
+    def _pending(self, item: str) -> tuple[Path, dict[str, Any]] | None:
+        """The unfinished report of an interrupted quarantine of `item`, if any."""
+        if not item:
+            return None
+        try:
+            name = self._pending_marker(item).read_text().strip()
+        except OSError:
+            return None
+        report = read_json(self.layout.failed / name)
+        if report is None or report.get("complete") or str(report.get("item")) != item:
+            return None
+        return self.layout.failed / name, report
+
+    def repair(self) -> int:
+        """At start-up: finish interrupted quarantines and removals. Returns how many sidecars were settled."""
+        settled = 0
+        for marker in self.layout.failed.glob(".pending-*") if self.layout.failed.exists() else []:
+            report = read_json(self.layout.failed / marker.read_text().strip()) or {}
+            item = str(report.get("item") or "")
+            if report.get("complete") or not item:
+                marker.unlink(missing_ok=True)
+                continue
+            planned = [str(e["from"]) for e in report.get("files", [])]
+            here = {n: Path(d) / n for d in self._spool_dirs() for n in planned if (Path(d) / n).exists()}
+            if here and planned[0] not in here:  # the payload went, its sidecar stayed: finish the move
+                self.quarantine(list(here.values()), str(report.get("stage")), str(report.get("reason")),
+                                str(report.get("detail", "")), {"item": item})
+                settled += 1
+        for folder in self._spool_dirs():
+            names = set(os.listdir(folder))
+            for name in names:
+                if name.startswith(".") or not name.endswith(".json"):
+                    continue
+                payload = str((read_json(folder / name) or {}).get("payload") or name[:-5] + ".wav")
+                if payload not in names:  # an interrupted removal: the outputs were committed before it began
+                    remove(folder / name)
+                    settled += 1
+        return settled
+
+    def _spool_dirs(self) -> list[Path]:
+        return [self.layout.spool(s) for s in SPOOLS if self.layout.spool(s).exists()]
+
     # ---------------------------------------------------------------- recovery
     def cleanup_temporaries(self, max_age_seconds: float = 24 * 3600) -> int:
-        """Remove temporaries left by dead processes of this host (and very old ones of any host)."""
+        """Start-up recovery: remove temporaries left by dead processes of this host (and very old ones of any
+        host), then finish interrupted quarantines and removals (`repair`). Returns the files settled."""
         now = time.time()
         removed = 0
         for p in self._temporaries():
             if _tmp_owner_dead(p.name) or _age(p, now) > max_age_seconds:
                 p.unlink(missing_ok=True)
                 removed += 1
-        return removed
+        return removed + self.repair()
 
     def _temporaries(self) -> Iterator[Path]:
         """Temporary files in the root itself and anywhere below the folders the daemon writes (never the inbox)."""
@@ -415,6 +480,18 @@ def new_job(job_id: str) -> dict[str, Any]:
         "training": {"epoch": 0, "last_checkpoint": None},
         "created": time.time(),
     }
+
+
+def _short_name(name: str, limit: int = 150) -> str:
+    """`name`, shortened (keeping its extension, adding a hash) so that every name derived from it fits NAME_MAX."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= limit:
+        return name
+    _stem, dot, ext = name.rpartition(".")
+    ext = ext if dot and len(ext.encode()) <= 10 else ""
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    keep = raw[: limit - 24].decode("utf-8", "ignore")
+    return f"{keep}~{digest}" + (f".{ext}" if ext else "")
 
 
 def _unique_name(folder: Path, name: str) -> str:
