@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import wave
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,14 @@ pytestmark = pytest.mark.slow
 CLIPS = 20
 # One of the 4 training batches per epoch (a fraction: LightningCLI reads an integer 1 as 1.0, i.e. all).
 FAST_EPOCHS = ["--trainer.limit_train_batches", "0.25"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_checkpoints_afterwards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Checkpoints are ~650 MB each; pytest keeps the temporary folders of its last three sessions."""
+    yield
+    for ckpt in tmp_path_factory.getbasetemp().rglob("*.ckpt"):
+        ckpt.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")

@@ -95,5 +95,5 @@ def test_launcher_fix_resolves_piper_import_to_the_adapter() -> None:
     mask = np.zeros(value.shape, dtype=np.float32)
     for b in range(value.shape[0]):
         mask[b, : t_ys[b], : t_xs[b]] = 1.0
-    path = monotonic_align.maximum_path(torch.from_numpy(value), torch.from_numpy(mask))
+    path = monotonic_align.maximum_path(torch.from_numpy(value), torch.from_numpy(mask))  # type: ignore[no-untyped-call]
     np.testing.assert_array_equal(path.numpy().astype(np.int32), maximum_path_reference(value, t_ys, t_xs))
