@@ -174,6 +174,8 @@ class TrainingConfig:
     base_checkpoint: Path | None = _f(None, "Piper .ckpt to fine-tune from (null: from scratch)")
     batch_size: int = _f(16, "batch size", min=1)
     checkpoint_every_epochs: int = _f(1, "save a checkpoint every N epochs", min=1)
+    stop_grace_seconds: float = _f(60.0, "wait between SIGTERM and SIGKILL when stopping the trainer", min=1.0)
+    log_max_mb: float = _f(10.0, "train.log rotates to train.log.1 at this size", min=0.1)
     keep_last: int = _f(2, "newest checkpoints kept", min=1)
     keep_best: int = _f(1, "lowest-loss checkpoints kept", min=0)
     disk_budget_gb: float = _f(10.0, "checkpoint disk budget per voice", min=0.5)

@@ -78,7 +78,10 @@ def train_voice(config: Config, spool: Spool, voice: str, target: int, stop: thr
                  losses=getattr(state, "losses", None))
         _record_in_jobs(spool, voice, epoch, ckpt)
 
-    state = train(voice, layout.dataset(voice), tdir, config.training, stop, on_epoch=on_epoch, max_epochs=target)
+    t = config.training
+    state = train(voice, layout.dataset(voice), tdir, t, stop, on_epoch=on_epoch, max_epochs=target,
+                  sample_rate=config.audio.sample_rate, stop_grace_seconds=t.stop_grace_seconds,
+                  log_max_bytes=int(t.log_max_mb * 1024 * 1024))
     if stop.is_set() or state.state != "finished":
         log.info("training paused", stage="train", voice=voice, epoch=state.epoch, state=state.state)
         return False
