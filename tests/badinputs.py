@@ -213,6 +213,8 @@ CASES: list[Case] = [
     Case("newline", "line\nbreak.wav", _P, make=_fresh("wav")),
     Case("leading-dash", "-rf --help.wav", _P, make=_fresh("wav")),
     Case("name-255-bytes", "n" * 251 + ".wav", _P, make=_fresh("wav")),
+    Case("bad-file-named-255-bytes", "b" * 251 + ".mp3", _F, "ingest", "not a readable media file",
+         make=lambda p, m: p.write_text("not audio, and a name as long as the filesystem allows")),
     Case("unicode-voice-folder", "Zoë Ω/interview.mp4", _P, voice="Zoe", make=_fresh("mp4")),
     # --- entries that are not plain files, folders
     Case("symlink-outside", "linked.mp3", _F, "ingest", "symbolic link", make=lambda p, m: _link_outside(p, m)),

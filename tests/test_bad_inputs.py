@@ -110,10 +110,7 @@ class CorpusRun:
 
     def error_for_input(self, case: bi.Case) -> dict[str, Any]:
         """The error file of a whole input: named after it (inbox stage) or naming it as its source."""
-        by_name = self.errors.get(f"{case.basename}.error.json")
-        if by_name is not None:
-            return by_name
-        matches = [e for e in self.errors.values() if e.get("source") == case.basename and not _is_clip(e)]
+        matches = [e for e in self.errors.values() if not _is_clip(e) and _about_input(e, case.basename)]
         assert len(matches) == 1, f"{len(matches)} error files for {case.rel!r}"
         return matches[0]
 
@@ -123,6 +120,13 @@ class CorpusRun:
     def events_naming(self, rel: str) -> list[dict[str, Any]]:
         path = str(self.root / "inbox" / rel)
         return [e for e in self.events if e.get("path") == path]
+
+
+def _about_input(error: dict[str, Any], basename: str) -> bool:
+    """An ingest report names the dropped file it moved; later stages name the recording as their source."""
+    if error.get("stage") == "ingest":
+        return any(f.get("from") == basename for f in error.get("files", []))
+    return error.get("source") == basename
 
 
 def _is_clip(error: dict[str, Any]) -> bool:
@@ -274,12 +278,13 @@ def _check_failed(run: CorpusRun, case: bi.Case) -> None:
     assert error["reason"] == case.reason
     assert str(error["detail"]).strip(), "an error file must say what is wrong"
     assert case.rel not in run.inbox_left
+    assert error["complete"] is True
     if case.stage == "ingest":
         # the input itself sits beside its error file (a link is recorded, not kept)
-        names = [f["name"] for f in error["files"]]
-        assert names == [case.basename]
-        if "symlink_to" not in error["files"][0]:
-            assert case.basename in run.failed_entries
+        (moved,) = error["files"]
+        assert moved["from"] == case.basename
+        if "symlink_to" not in moved:
+            assert moved["name"] in run.failed_entries
     else:
         assert error.get("source") == case.basename and error.get("job_id")
         assert run.job(case).get("failed") == {"stage": case.stage, "reason": case.reason}
@@ -303,20 +308,19 @@ def _check_ignored(run: CorpusRun, case: bi.Case) -> None:
     lines = [e for e in run.events_naming(rel) if e.get("event") == "ignored inbox entry"]
     assert len(lines) == 1, f"{len(lines)} log lines for {rel!r}"
     assert case.reason in lines[0]["reason"]
-    assert not any(e.get("source") == case.basename or e["files"][:1] == [{"name": case.basename}]
-                   for e in run.errors.values())
+    assert not any(case.basename in json.dumps(e, ensure_ascii=False) for e in run.errors.values())
 
 
 def _check_left(run: CorpusRun, case: bi.Case) -> None:
     assert case.rel in run.inbox_left
     assert not run.events_naming(case.rel)
-    assert not any(case.basename in json.dumps(e) for e in run.errors.values())
+    assert not any(case.basename in json.dumps(e, ensure_ascii=False) for e in run.errors.values())
 
 
 def _check_abandoned(run: CorpusRun, case: bi.Case) -> None:
     assert run.deleted_during_copy, "the test deleted the file too late: it was no longer being copied"
     assert case.rel not in run.inbox_left and case.rel not in run.jobs
-    assert not any(case.basename in json.dumps(e) for e in run.errors.values())
+    assert not any(case.basename in json.dumps(e, ensure_ascii=False) for e in run.errors.values())
     lines = [e for e in run.events_naming(case.rel) if "removed while it was being taken" in str(e.get("event"))]
     assert len(lines) == 1
     assert not [n for n in os.listdir(run.root / "spool" / "raw") if "incoming" in n], "its partial copy was kept"
@@ -345,9 +349,9 @@ def _hour_detail(run: CorpusRun, case: bi.Case) -> None:
 
 
 def _size_detail(run: CorpusRun, case: bi.Case) -> None:
-    detail = run.error_for_input(case)["detail"]
-    assert "2048 MB" in detail and "inbox.max_file_mb" in detail
-    st = (run.root / "failed" / case.basename).stat()
+    error = run.error_for_input(case)
+    assert "2048 MB" in error["detail"] and "inbox.max_file_mb" in error["detail"]
+    st = (run.root / "failed" / error["files"][0]["name"]).stat()
     assert st.st_size == 2 * 1024**3 and st.st_blocks * 512 < 1 << 20, "moved, not copied"
 
 
@@ -356,7 +360,7 @@ def _duplicate_names_first(run: CorpusRun, case: bi.Case) -> None:
 
 
 def _unreadable_kept_intact(run: CorpusRun, case: bi.Case) -> None:
-    moved = run.root / "failed" / case.basename
+    moved = run.root / "failed" / run.error_for_input(case)["files"][0]["name"]
     assert stat.S_IMODE(moved.stat().st_mode) == 0
     assert moved.stat().st_size > 1000
 
@@ -367,7 +371,13 @@ def _slow_upload_taken_whole(run: CorpusRun, case: bi.Case) -> None:
 
 
 def _fifo_moved(run: CorpusRun, case: bi.Case) -> None:
-    assert stat.S_ISFIFO((run.root / "failed" / case.basename).lstat().st_mode)
+    assert stat.S_ISFIFO((run.root / "failed" / run.error_for_input(case)["files"][0]["name"]).lstat().st_mode)
+
+
+def _long_name_shortened(run: CorpusRun, case: bi.Case) -> None:
+    name = run.error_for_input(case)["files"][0]["name"]
+    assert len(name.encode()) + len(".error.json") <= 255 and name.endswith(".mp3")
+    assert (run.root / "failed" / name).read_text().startswith("not audio")
 
 
 _EXTRA_CHECKS = {
@@ -379,6 +389,7 @@ _EXTRA_CHECKS = {
     "unreadable": _unreadable_kept_intact,
     "slow-upload": _slow_upload_taken_whole,
     "fifo": _fifo_moved,
+    "bad-file-named-255-bytes": _long_name_shortened,
 }
 
 

@@ -9,7 +9,6 @@ either raises ENOSPC (TTSFT_FAULT_MODE=enospc) or kills the process on the spot 
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import json
 import os
@@ -18,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -38,7 +36,7 @@ from .daemon_support import REPO, check_invariants, log_events, wait_for, write_
 SR = 22050
 EXIT_INJECTED = 77  # spool.py's os._exit code at an injected crash
 # The sweep's stride: 1 sweeps every crash point; CI uses a larger one to stay within a few minutes.
-SWEEP_STRIDE = int(os.environ.get("TTSFT_SWEEP_STRIDE", "2"))
+SWEEP_STRIDE = int(os.environ.get("TTSFT_SWEEP_STRIDE", "4"))
 SWEEP_PARALLEL = int(os.environ.get("TTSFT_SWEEP_PARALLEL", "2"))
 SWEEP_MAX_POINTS = 400
 
@@ -166,15 +164,13 @@ def test_crash_at_every_file_operation_loses_and_duplicates_nothing(tmp_path: Pa
     print(summary)
     assert completed, f"the sweep never reached the end of the work: {summary}"
     assert len(crashed) >= 10, summary
-    xfail_if_spool_defective([f"crash at {t.point}: {p}" for t in bad for p in t.problems])
     assert not bad, "\n\n".join(f"crash at file operation {t.point}: {t.problems}\n{t.log_tail}" for t in bad[:3])
 
 
 # --------------------------------------------------------------------------------------------- spool probes
-# Known defects of spool.py, probed directly: an interrupted quarantine or removal must leave either the input
-# (redone later) or a complete result, and a long file name must not break a quarantine. While these probes find
-# a defect, the daemon-level sweeps below report their findings as an expected failure (pytest.xfail) instead of
-# failing the suite; once spool.py is fixed they assert strictly.
+# The spool's own part of crash safety, probed directly and quickly: an interrupted quarantine or removal must
+# leave either the input (redone later) or a complete result once the next start has repaired it, and a long file
+# name must not break a quarantine.
 
 
 def interrupted_quarantine_problems(base: Path) -> list[str]:
@@ -242,36 +238,14 @@ def long_name_problems(base: Path) -> list[str]:
     return [] if len(list(sp.layout.failed.glob("*.error.json"))) == 1 else ["no error file"]
 
 
-@functools.cache
-def spool_defects() -> tuple[str, ...]:
-    with tempfile.TemporaryDirectory(prefix="ttsft-spool-probe-") as tmp:
-        base = Path(tmp)
-        return tuple(interrupted_quarantine_problems(base) + interrupted_removal_problems(base))
-
-
-SPOOL_FIX = ("spool.py: quarantine() must write the report before moving files and reuse it on the redo; "
-             "remove_item() must remove the payload first and cleanup_temporaries() the sidecars left without one "
-             "(patch in the issue 8 report)")
-
-
-def xfail_if_spool_defective(problems: list[str]) -> None:
-    """Known spool.py defects explain failures of a daemon-level fault test: report them as an expected failure."""
-    if problems and spool_defects():
-        pytest.xfail(f"{SPOOL_FIX}; found {len(problems)} problems, e.g. {problems[0][:300]}")
-
-
-@pytest.mark.xfail(strict=True, reason=SPOOL_FIX)
 def test_an_interrupted_quarantine_leaves_the_input_or_its_report(tmp_path: Path) -> None:
     assert interrupted_quarantine_problems(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason=SPOOL_FIX)
 def test_an_interrupted_removal_leaves_nothing_behind_after_a_restart(tmp_path: Path) -> None:
     assert interrupted_removal_problems(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="spool.py: quarantine()/tmp_name() must shorten names near NAME_MAX (255 B); "
-                   "a bad file with a 255-byte name now makes ingest fail with a traceback at every rescan")
 def test_a_bad_file_with_a_255_byte_name_can_be_quarantined(tmp_path: Path) -> None:
     assert long_name_problems(tmp_path) == []
 
@@ -334,7 +308,6 @@ def test_injected_disk_full_in_every_stage_is_retried_and_corrupts_nothing(tmp_p
                 break  # the run ended before its N-th file operation: every point is covered
     assert all(r.exit_code == 0 for r in runs), [(r.point, r.exit_code) for r in runs]
     problems = [f"ENOSPC at operation {r.point} ({r.hit}): {p}" for r in runs for p in r.problems]
-    xfail_if_spool_defective(problems)
     assert problems == []
     stages_hit = {r.stage for r in runs if r.stage}
     assert stages_hit >= {"ingest", "separate", "segment", "transcribe", "accept"}, [(r.point, r.hit) for r in runs]
@@ -372,7 +345,6 @@ def test_status_reports_an_injected_disk_full_while_it_lasts(tmp_path: Path, sma
         stop.set()
         listener.join()
         sock.close()
-    xfail_if_spool_defective(run.problems)
     assert run.problems == []
     statuses = [m for m in "\n".join(messages).splitlines() if m.startswith("STATUS=")]
     assert any("DISK FULL" in m for m in statuses), statuses

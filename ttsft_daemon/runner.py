@@ -124,6 +124,9 @@ class ItemRunner:
         fields = {k: v for k, v in {"stage": self.stage.name, "job_id": job_id or None, "voice": meta.get("voice"),
                                     "clip": meta.get("clip_id")}.items() if v is not None}
         attempt = self._count_attempt(job_id, key)
+        if attempt == 0:
+            self._finish_recorded_step(item, key, fields)
+            return True
         if attempt > self.config.daemon.max_attempts:
             last = self._last_error(job_id, key)
             self._quarantine(item, job_id, "too many failed attempts",
@@ -174,6 +177,8 @@ class ItemRunner:
                 if result.job_update is not None:
                     result.job_update(job)
                 job.get("attempts", {}).pop(key, None)
+                if item.spool != "inbox":
+                    job.setdefault("done", {})[key] = True
 
             self.spool.update_job(job_id, change)
         if item.spool == "inbox":
@@ -197,6 +202,13 @@ class ItemRunner:
         if item.spool == "inbox":
             self.backoff.forget_inbox_attempts(self.key(item))
         log.warning("rejected", reason=reason, detail=detail, item=item.id, quarantine=error_file.name, **fields)
+
+    def _finish_recorded_step(self, item: Item, key: str, fields: dict[str, Any]) -> None:
+        """The job already records this step (a crash struck before its input was removed): redoing it would
+        recommit outputs that the next stage may have consumed by now, so only the removal is left to do."""
+        self.spool.remove_item(item)
+        self.backoff.clear(key)
+        log.info("step already recorded before a restart; input removed", item=item.id, **fields)
 
     def _forget_vanished(self, item: Item, key: str, exc: Exception, fields: dict[str, Any]) -> None:
         """The inbox file was deleted (or moved away) while it was being taken: nothing to keep, nothing to retry."""
@@ -235,11 +247,14 @@ class ItemRunner:
 
     # ------------------------------------------------------------------------------------------------
     def _count_attempt(self, job_id: str, key: str) -> int:
+        """This attempt's number, counted before the work; 0 when the job already records the step as done."""
         if not job_id:
             return self.backoff.count_inbox_attempt(key)
         counted = {"n": 0}
 
         def change(job: dict[str, Any]) -> None:
+            if key in job.get("done", {}):
+                return
             entry = job.setdefault("attempts", {}).setdefault(key, {"count": 0})
             entry["count"] = int(entry.get("count", 0)) + 1
             counted["n"] = entry["count"]
