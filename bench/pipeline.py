@@ -1,6 +1,6 @@
 """Data-pipeline throughput: the daemon against the naive script people write today, in one run, side by side.
 
-Inputs: mp3 recordings of Piper speech with pauses over music (bench/support.py), 2-5 minutes each by default.
+Inputs: mp3 recordings of Piper speech with pauses over music (bench/support.py), six of 2-3.5 minutes by default.
 
 - daemon: `ttsft-daemon run --config C --exit-when-idle` on a fresh state root with every input in the inbox
   (ingest -> Spleeter 2-stem -> segmentation + cleaning -> Whisper tiny.en per clip + quality gate -> dataset),
@@ -14,7 +14,7 @@ repeat. Throughput = minutes of input audio per minute of wall time. CPU seconds
 tree) are reported too: they are less disturbed by other load than wall time. Per-stage times come from the daemon's
 "<stage> done" log lines (duration_s). Writes bench/results/pipeline.json (atomically).
 
-    .venv/bin/python bench/pipeline.py [--seconds 120,150,180,210,240,300] [--repeats 3]
+    .venv/bin/python bench/pipeline.py [--seconds 120,135,150,165,180,210] [--repeats 3] [--cheap-repeats 1]
     .venv/bin/python bench/pipeline.py naive OUT FILE...     (the naive script itself; run by the above)
 """
 
@@ -37,8 +37,10 @@ from bench import support
 
 SPLEETER = support.REPO / ".venv-spleeter" / "bin" / "spleeter"
 WHISPER = support.REPO / "models" / "whisper" / "tiny.en"
-DEFAULT_SECONDS = "120,150,180,210,240,300"
+DEFAULT_SECONDS = "120,135,150,165,180,210"
 INBOX = {"settle_seconds": 0.5, "rescan_seconds": 2.0}
+# The optional third contender: the daemon with per-clip work made cheap (Whisper beam 1, no DNSMOS check).
+CHEAP: dict[str, dict[str, Any]] = {"transcription": {"beam_size": 1}, "quality": {"dnsmos": False}}
 
 
 # ------------------------------------------------------------------------------------------------ naive script
@@ -102,14 +104,16 @@ def naive_wer(files: list[Path], out: Path) -> float | None:
 # ------------------------------------------------------------------------------------------------ the daemon
 
 
-def run_daemon(files: list[Path], work: Path, timeout: float) -> dict[str, Any]:
+def run_daemon(files: list[Path], work: Path, timeout: float, extra: dict[str, dict[str, Any]] | None = None
+               ) -> dict[str, Any]:
     root, log = work / "state", work / "daemon.log"
     shutil.rmtree(root, ignore_errors=True)
     log.unlink(missing_ok=True)
     (root / "inbox").mkdir(parents=True)
     for f in files:
         os.link(f, root / "inbox" / f.name)
-    config = support.write_config(work / "config.yaml", root, {"inbox": INBOX, "separation": {"enabled": True}})
+    config = support.write_config(work / "config.yaml", root,
+                                  {"inbox": INBOX, "separation": {"enabled": True}, **(extra or {})})
     sampler = support.TreeSampler(interval=0.5)
     load_before = support.load_average()
     started = time.time()
@@ -155,6 +159,7 @@ def summarise(audio_s: float, repeats: list[dict[str, Any]]) -> dict[str, Any]:
         return round(statistics.median(float(r[kind][key]) for r in repeats), 1)
 
     ratios = [r["naive"]["wall_s"] / r["daemon"]["wall_s"] for r in repeats]
+    cheap = [r["naive"]["wall_s"] / r["daemon_cheap"]["wall_s"] for r in repeats if "daemon_cheap" in r]
     cpu_ratios = [r["naive"]["cpu_s"] / r["daemon"]["cpu_s"] for r in repeats]
     return {
         "audio_min": round(audio_s / 60, 2),
@@ -166,13 +171,14 @@ def summarise(audio_s: float, repeats: list[dict[str, Any]]) -> dict[str, Any]:
         "cpu_ratio_naive_over_daemon_per_repeat": [round(x, 2) for x in cpu_ratios],
         "daemon_cpu_s_per_audio_min_median": round(med("daemon", "cpu_s") / (audio_s / 60), 1),
         "naive_cpu_s_per_audio_min_median": round(med("naive", "cpu_s") / (audio_s / 60), 1),
+        "speedup_daemon_cheap_per_repeat": [round(x, 2) for x in cheap],
     }
 
 
 def print_repeat(i: int, audio_s: float, rep: dict[str, Any]) -> None:
-    for kind in ("naive", "daemon"):
+    for kind in rep["order"]:
         r = rep[kind]
-        print(f"  repeat {i} {kind:>6}: rc {r['rc']}, wall {r['wall_s']:.0f} s "
+        print(f"  repeat {i} {kind:>12}: rc {r['rc']}, wall {r['wall_s']:.0f} s "
               f"({throughput(audio_s, r['wall_s'])} audio min/min), CPU {r['cpu_s']:.0f} s, "
               f"tree peak {r['memory']['tree_peak_rss_mb']:.0f} MB, load {r['load_before']}", flush=True)
     print(f"  repeat {i} speedup (naive wall / daemon wall): {rep['naive']['wall_s'] / rep['daemon']['wall_s']:.2f}",
@@ -187,11 +193,16 @@ def bench(args: argparse.Namespace) -> int:
     print(f"{len(files)} inputs, {audio_s / 60:.1f} min of audio; machine {support.machine()}", flush=True)
     repeats: list[dict[str, Any]] = []
     for i in range(args.repeats):
-        order = ("naive", "daemon") if i % 2 == 0 else ("daemon", "naive")
-        rep: dict[str, Any] = {"order": list(order)}
+        order = ["naive", "daemon"] + (["daemon_cheap"] if i < args.cheap_repeats else [])
+        if i % 2:
+            order.reverse()
+        rep: dict[str, Any] = {"order": order}
         for kind in order:
-            runner = run_naive if kind == "naive" else run_daemon
-            rep[kind] = runner(files, work / f"repeat{i}" / kind, args.timeout)
+            where = work / f"repeat{i}" / kind
+            if kind == "naive":
+                rep[kind] = run_naive(files, where, args.timeout)
+            else:
+                rep[kind] = run_daemon(files, where, args.timeout, CHEAP if kind == "daemon_cheap" else None)
         repeats.append(rep)
         print_repeat(i, audio_s, rep)
     summary = summarise(audio_s, repeats)
@@ -201,7 +212,7 @@ def bench(args: argparse.Namespace) -> int:
         "machine": support.machine(), "inputs": [{"name": f.name, "seconds": round(support.media_seconds(f), 1)}
                                                  for f in files],
         "daemon_config": {"inbox": INBOX, "separation": {"enabled": True}, "training": {"enabled": False},
-                          "other keys": "defaults"},
+                          "other keys": "defaults", "daemon_cheap adds": CHEAP},
         "summary": summary, "repeats": repeats,
     })
     print(f"wrote {args.output}")
@@ -214,6 +225,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", default=DEFAULT_SECONDS, help="input lengths in seconds, comma-separated")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cheap-repeats", type=int, default=1,
+                        help="in this many repeats, also run the daemon with Whisper beam 1 and DNSMOS off")
     parser.add_argument("--timeout", type=float, default=3600.0, help="per run")
     parser.add_argument("--workdir", default=str(support.OUT / "pipeline"))
     parser.add_argument("--output", default=str(support.RESULTS / "pipeline.json"))
