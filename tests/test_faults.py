@@ -36,7 +36,7 @@ from .daemon_support import REPO, check_invariants, log_events, wait_for, write_
 SR = 22050
 EXIT_INJECTED = 77  # spool.py's os._exit code at an injected crash
 # The sweep's stride: 1 sweeps every crash point; CI uses a larger one to stay within a few minutes.
-SWEEP_STRIDE = int(os.environ.get("TTSFT_SWEEP_STRIDE", "4"))
+SWEEP_STRIDE = int(os.environ.get("TTSFT_SWEEP_STRIDE", "6"))
 SWEEP_PARALLEL = int(os.environ.get("TTSFT_SWEEP_PARALLEL", "2"))
 SWEEP_MAX_POINTS = 400
 
@@ -201,6 +201,33 @@ def interrupted_quarantine_problems(base: Path) -> list[str]:
     return problems
 
 
+def interrupted_inbox_quarantine_problems(base: Path) -> list[str]:
+    """Quarantine a dropped file with ENOSPC injected at each file operation, redo while it is still in the inbox,
+    restart: one complete report, the file beside it, no pending marker."""
+    problems: list[str] = []
+    for at in range(1, 5):
+        sp = Spool(base / f"inbox-quarantine-{at}")
+        sp.layout.ensure()
+        bad = sp.layout.inbox / "bad.mp3"
+        bad.write_text("not audio")
+        args = ([bad], "ingest", "not a readable media file", "test", {"item": "default--1"})
+        spool_mod.set_fault(at, "enospc")
+        try:
+            sp.quarantine(*args)
+        except OSError:
+            pass
+        finally:
+            spool_mod.set_fault(0)
+        if bad.exists():
+            sp.quarantine(*args)
+        sp.cleanup_temporaries()
+        reports = [json.loads(r.read_text()) for r in sp.layout.failed.glob("*.error.json")]
+        markers = [n for n in os.listdir(sp.layout.failed) if n.startswith(".pending")]
+        if len(reports) != 1 or not reports[0].get("complete") or markers:
+            problems.append(f"fault at operation {at}: reports {reports}, markers {markers}")
+    return problems
+
+
 def interrupted_removal_problems(base: Path) -> list[str]:
     """Remove a committed item with ENOSPC injected at each of its removals; a restart's cleanup must finish it."""
     problems: list[str] = []
@@ -240,6 +267,13 @@ def long_name_problems(base: Path) -> list[str]:
 
 def test_an_interrupted_quarantine_leaves_the_input_or_its_report(tmp_path: Path) -> None:
     assert interrupted_quarantine_problems(tmp_path) == []
+
+
+@pytest.mark.xfail(strict=True, reason="spool.py: repair() finishes interrupted quarantines of spool items only; "
+                   "a dropped file moved before the interruption keeps a report marked incomplete and its "
+                   ".pending marker forever (a crash sweep point shows it)")
+def test_an_interrupted_quarantine_of_a_dropped_file_is_completed_by_the_restart(tmp_path: Path) -> None:
+    assert interrupted_inbox_quarantine_problems(tmp_path) == []
 
 
 def test_an_interrupted_removal_leaves_nothing_behind_after_a_restart(tmp_path: Path) -> None:
@@ -381,8 +415,11 @@ def fill_up(folder: Path, leave_bytes: int) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("stage", "leave_kb"), [("ingest", 96), ("separate", 200)])
 def test_a_real_full_disk_is_reported_and_the_run_completes_once_space_is_back(
-        tmp_path: Path, small_inputs: list[Path]) -> None:
+        tmp_path: Path, small_inputs: list[Path], stage: str, leave_kb: int) -> None:
+    """The state root on a 32 MB tmpfs filled up but `leave_kb`: 96 kB stops the ingest copy (160 kB), 200 kB lets
+    it through but stops the decode of the voice (320 kB, written by ffmpeg)."""
     mount = tmp_path / "small-disk"
     with size_limited_tmpfs(mount, size_mb=32) as why_not:
         if why_not:
@@ -390,7 +427,7 @@ def test_a_real_full_disk_is_reported_and_the_run_completes_once_space_is_back(
         root = mount / "state"
         drop(small_inputs[:1], root / "inbox")
         config = fast_config(tmp_path / "c.yaml", root)
-        filler = fill_up(mount, leave_bytes=96 * 1024)  # room for job and status files, not for a recording
+        filler = fill_up(mount, leave_bytes=leave_kb * 1024)  # room for job and status files, not for audio
         log = tmp_path / "daemon.log"
         with open(log, "wb") as fh:
             proc = subprocess.Popen([sys.executable, "-m", "ttsft_daemon", "run", "--config", str(config),
@@ -401,7 +438,8 @@ def test_a_real_full_disk_is_reported_and_the_run_completes_once_space_is_back(
             assert wait_for(lambda: any(e.get("event") == "disk full; will retry" for e in log_events(log)), 120)
             assert wait_for(lambda: _status_of(config)["daemon"].get("disk_full") is True, 60), _status_of(config)
             status = _status_of(config)
-            assert status["daemon"]["running"] and status["stages"]["inbox"] == 1
+            waiting_in = {"ingest": "inbox", "separate": "raw"}[stage]
+            assert status["daemon"]["running"] and status["stages"][waiting_in] == 1, status["stages"]
             text = subprocess.run([sys.executable, "-m", "ttsft_daemon", "status", "--config", str(config)],
                                   capture_output=True, text=True, check=True, cwd=str(REPO)).stdout
             assert "disk is full" in text
@@ -415,6 +453,7 @@ def test_a_real_full_disk_is_reported_and_the_run_completes_once_space_is_back(
                 proc.wait()
         events = log_events(log)
         assert full_retries >= 2
+        assert {e.get("stage") for e in events if e.get("event") == "disk full; will retry"} == {stage}
         assert not [e for e in events if e.get("event") == "rejected"], "a full disk is not the input's fault"
         assert "Traceback" not in log.read_text()
         result = check_invariants(root, n_inputs=1)

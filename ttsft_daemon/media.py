@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 from dataclasses import asdict, dataclass
@@ -89,8 +90,9 @@ def decode_to_wav(src: Path, dst: Path, sample_rate: int, channels: int, timeout
     if proc.returncode != 0:
         dst.unlink(missing_ok=True)
         msg = _last_line(proc.stderr)
-        if "No space left" in msg:
-            raise TransientError(f"disk full while decoding: {msg}")
+        if b"No space left on device" in proc.stderr:
+            # an OSError like any other full-disk write: retried without counting against the input
+            raise OSError(errno.ENOSPC, f"disk full while decoding: {msg}")
         raise RejectedInput("audio cannot be decoded", msg)
     if not dst.exists() or dst.stat().st_size <= 44:
         dst.unlink(missing_ok=True)

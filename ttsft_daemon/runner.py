@@ -16,6 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -29,10 +30,24 @@ log = structlog.get_logger("ttsft.runner")
 
 # Consecutive disk-full failures of one item double its wait up to this many times (then it stays there).
 DISK_FULL_MAX_DOUBLINGS = 4
+# The stage that consumes each spool (its claim key is "<stage>-<item id>", see ItemRunner.key).
+CONSUMER = {"raw": "separate", "vocals": "segment", "audio": "transcribe", "transcribed": "accept"}
+CONSUMER_WAIT_SECONDS = 3600.0
+# A failure while the state root's filesystem has less free space than this counts as disk full, whatever the
+# exception says: some libraries lose the errno (libsndfile reports a full disk as "System error.").
+LOW_SPACE_BYTES = 16 * 1024 * 1024
 
 
 def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def space_left(path: Path) -> int | None:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 @dataclass
@@ -153,7 +168,7 @@ class ItemRunner:
             if item.spool == "inbox" and not _present(item):
                 self._forget_vanished(item, key, exc, fields)
                 return True
-            if isinstance(exc, OSError) and is_disk_full(exc):
+            if is_disk_full(exc) or self._low_on_space():
                 self._retry_when_space(item, key, exc, counted=True, job_id=job_id)
                 return False
             self._retry_later(item, job_id, key, attempt, exc, fields)
@@ -167,7 +182,10 @@ class ItemRunner:
 
     def _commit(self, item: Item, result: Result, job_id: str, key: str) -> None:
         for o in result.outputs:
-            self.spool.commit_item(o.spool, o.item_id, o.payload_tmp, o.ext, o.meta)
+            # A redo after a crash may recommit an item that the next stage is removing right now: the commit
+            # waits for that stage's claim, or the two could interleave into a lone payload or sidecar.
+            with self.spool.locked(f"{CONSUMER[o.spool]}-{o.item_id}", timeout=CONSUMER_WAIT_SECONDS):
+                self.spool.commit_item(o.spool, o.item_id, o.payload_tmp, o.ext, o.meta)
             # rename(2) does nothing when both names are hard links to one file (a redo of a step whose output
             # is a link of its input, after a crash): the temporary name would then stay behind.
             o.payload_tmp.unlink(missing_ok=True)
@@ -217,7 +235,11 @@ class ItemRunner:
         log.info("inbox file removed while it was being taken; skipped", path=str(item.payload),
                  error=f"{type(exc).__name__}: {exc}", item=item.id, **fields)
 
-    def _retry_when_space(self, item: Item, key: str, exc: OSError, counted: bool, job_id: str = "") -> None:
+    def _low_on_space(self) -> bool:
+        free = space_left(self.spool.layout.root)
+        return free is not None and free < LOW_SPACE_BYTES
+
+    def _retry_when_space(self, item: Item, key: str, exc: Exception, counted: bool, job_id: str = "") -> None:
         """Disk full: back off and retry, without spending one of the item's attempts."""
         self.disk_full.set()
         if counted:
@@ -227,7 +249,7 @@ class ItemRunner:
                 pass  # still full: this attempt stays counted, which only matters after max_attempts of them
         delay = self.backoff.disk_full_delay(key, self.config.daemon.retry_backoff_seconds)
         self.backoff.delay(key, delay)
-        log.error("disk full; will retry", item=item.id, error=str(exc), retry_in_s=delay,
+        log.error("disk full; will retry", item=item.id, error=f"{type(exc).__name__}: {exc}", retry_in_s=delay,
                   **{k: v for k, v in {"stage": self.stage.name, "job_id": job_id or None}.items() if v})
 
     def _retry_later(self, item: Item, job_id: str, key: str, attempt: int, exc: Exception,
