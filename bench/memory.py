@@ -2,7 +2,8 @@
 
 For each length, one mp3 of Piper speech with pauses over music (bench/support.py) goes into a fresh state root and
 `ttsft-daemon run --exit-when-idle` processes it. /proc is polled for the daemon and all its descendants (the
-Spleeter worker, ffmpeg, ffprobe): the peak of their summed RSS (sampled every 0.25 s), and each process's own peak
+Spleeter worker, ffmpeg, ffprobe): the peak of their summed PSS (sampled every 0.25 s; PSS, not RSS, because a child
+between fork and exec shares the daemon's pages and its RSS would count them twice), and each process's own peak
 (VmHWM). The series uses one config for every length; `--full-minutes` adds runs with every key at its default
 (Whisper beam 5, DNSMOS on) to show what those add. Writes bench/results/memory.json (atomically).
 
@@ -57,7 +58,7 @@ def print_row(r: dict[str, Any]) -> None:
     peaks = r["largest_peak_by_command_mb"]
     print(f"{r['minutes']:>5g} min {r['config']:<20} rc {r['rc']:>3} wall {r['wall_s']:>7.0f} s  "
           f"clips {r['clips']:>5}  "
-          f"tree peak {r['tree_peak_rss_mb']:>7.0f} MB  daemon {peaks.get('ttsft-daemon', 0):>6.0f}  "
+          f"tree peak PSS {r['tree_peak_pss_mb']:>7.0f} MB  daemon {peaks.get('ttsft-daemon', 0):>6.0f}  "
           f"spleeter worker {peaks.get('spleeter_worker.py', 0):>6.0f}  load {r['load_before']}", flush=True)
 
 
@@ -83,12 +84,12 @@ def main() -> int:
     if len(series) >= 2:
         short, long = min(series, key=lambda r: r["minutes"]), max(series, key=lambda r: r["minutes"])
         summary = {"longest_minutes": long["minutes"], "shortest_minutes": short["minutes"],
-                   "tree_peak_ratio_longest_over_shortest": round(long["tree_peak_rss_mb"] /
-                                                                  short["tree_peak_rss_mb"], 3)}
+                   "tree_peak_ratio_longest_over_shortest": round(long["tree_peak_pss_mb"] /
+                                                                  short["tree_peak_pss_mb"], 3)}
         print(f"tree peak {long['minutes']:g} min / {short['minutes']:g} min = "
               f"{summary['tree_peak_ratio_longest_over_shortest']}")
     support.write_json_atomically(args.output, {
-        "what": "peak RSS of the daemon's whole process tree against input length (separation on)",
+        "what": "peak memory (summed PSS) of the daemon's whole process tree against input length (separation on)",
         "machine": support.machine(), "runs": runs, "summary": summary,
     })
     print(f"wrote {args.output}")

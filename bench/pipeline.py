@@ -180,7 +180,8 @@ def print_repeat(i: int, audio_s: float, rep: dict[str, Any]) -> None:
         r = rep[kind]
         print(f"  repeat {i} {kind:>12}: rc {r['rc']}, wall {r['wall_s']:.0f} s "
               f"({throughput(audio_s, r['wall_s'])} audio min/min), CPU {r['cpu_s']:.0f} s, "
-              f"tree peak {r['memory']['tree_peak_rss_mb']:.0f} MB, load {r['load_before']}", flush=True)
+              f"largest process peaks {r['memory']['largest_peak_by_command_mb']} MB, load {r['load_before']}",
+              flush=True)
     print(f"  repeat {i} speedup (naive wall / daemon wall): {rep['naive']['wall_s'] / rep['daemon']['wall_s']:.2f}",
           flush=True)
 

@@ -27,6 +27,17 @@ def load(results: Path, name: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def tree_peak(memory: dict[str, Any]) -> str:
+    """The tree's summed PSS; older results only have the summed RSS, which counts a forking daemon twice."""
+    if "tree_peak_pss_mb" in memory:
+        return str(memory["tree_peak_pss_mb"])
+    return f"{memory['tree_peak_rss_mb']} (RSS sum, over-counts)"
+
+
+def process_peaks(memory: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.0f}" for k, v in memory["largest_peak_by_command_mb"].items() if v >= 100)
+
+
 def machine_line(m: dict[str, Any]) -> str:
     return (f"{m['cpus']} CPUs ({m['cpu_model']}), {m['mem_total_gib']} GiB RAM, load average (1/5/15 min) "
             f"{m['load_average_1_5_15']} at the end, commit {m['commit']}, {m['time']}")
@@ -42,10 +53,10 @@ def pipeline(p: dict[str, Any]) -> str:
         for kind in rep["order"]:
             r = rep[kind]
             rows.append([i, kind, r["rc"], r["wall_s"], round(audio_min / (r["wall_s"] / 60), 2), r["cpu_s"],
-                         round(r["cpu_s"] / audio_min, 1), r["memory"]["tree_peak_rss_mb"],
+                         round(r["cpu_s"] / audio_min, 1), process_peaks(r["memory"]),
                          f"{r['load_before'][0]} -> {r['load_after'][0]}"])
     out.append(table(["repeat", "contender", "rc", "wall s", "audio min / wall min", "CPU s", "CPU s / audio min",
-                      "tree peak RSS MB", "load (1 min) before -> after"], rows))
+                      "largest process peaks (VmHWM) MB", "load (1 min) before -> after"], rows))
     s = p["summary"]
     out += ["", f"Speedup (naive wall / daemon wall) per repeat: {s['speedup_per_repeat']}, median "
                 f"**{s['speedup_median']}**; CPU ratio (naive CPU / daemon CPU) per repeat: "
@@ -83,12 +94,12 @@ def memory(m: dict[str, Any]) -> str:
     rows = []
     for r in m["runs"]:
         peaks = r["largest_peak_by_command_mb"]
-        rows.append([r["minutes"], r["config"], r["rc"], r["wall_s"], r["clips"], r["tree_peak_rss_mb"],
+        rows.append([r["minutes"], r["config"], r["rc"], r["wall_s"], r["clips"], tree_peak(r),
                      peaks.get("ttsft-daemon", "-"), peaks.get("spleeter_worker.py", "-"),
                      max((v for k, v in peaks.items() if k in ("ffmpeg", "ffprobe")), default="-"),
                      f"{r['load_before'][0]} -> {r['load_after'][0]}"])
     out = [f"Machine: {machine_line(m['machine'])}", "",
-           table(["input min", "config", "rc", "wall s", "clips", "tree peak RSS MB (sampled sum)",
+           table(["input min", "config", "rc", "wall s", "clips", "tree peak MB (summed PSS, sampled)",
                   "daemon VmHWM MB", "Spleeter worker VmHWM MB", "ffmpeg/ffprobe VmHWM MB", "load before -> after"],
                  rows)]
     if m.get("summary"):
@@ -114,7 +125,8 @@ def watcher(w: dict[str, Any]) -> str:
                     f"({b['ingested_distinct']} distinct), jobs {inv['jobs']}, dataset rows {inv['rows']}, failed "
                     f"{inv['failed']}, invariant problems: {inv['problems'] or 'none'}; most recordings in "
                     f"spool/raw + spool/vocals at once: {b['max_raw_plus_vocals']}; daemon tree CPU {b['cpu_s']} s, "
-                    f"peak RSS {b['memory']['tree_peak_rss_mb']} MB; load {b['load_before']} -> {b['load_after']}",
+                    f"peak {tree_peak(b['memory'])} MB, largest process peaks {process_peaks(b['memory'])} MB; "
+                    f"load {b['load_before']} -> {b['load_after']}",
                 "", table(["stage", "items", "busy s", "max item s", "first start s", "last done s"],
                           [[n, s["items"], s.get("busy_s"), s.get("max_item_s"), s.get("start_s"), s.get("end_s")]
                            for n, s in b["stages"].items()])]

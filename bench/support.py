@@ -322,6 +322,16 @@ def _status_kb(pid: int) -> dict[str, int]:
     return out
 
 
+def _pss_kb(pid: int) -> int:
+    """Proportional set size: shared pages split among their sharers, so a tree's sum counts each page once (a
+    child between fork and exec shares the parent's pages: its RSS would count them twice)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
 def _command_name(pid: int) -> str:
     """A short name for a process of the tree: the daemon, the Spleeter worker, ffmpeg ..."""
     try:
@@ -337,12 +347,14 @@ def _command_name(pid: int) -> str:
 
 @dataclass
 class TreeSampler:
-    """Polls /proc for a process and its descendants: the peak of their summed RSS (sampled) and each process's
-    own peak (VmHWM, exact, last value read while it lived)."""
+    """Polls /proc for a process and its descendants: the peak of their summed PSS (sampled; also the summed RSS,
+    which over-counts pages shared after a fork) and each process's own peak (VmHWM, exact, last value read while
+    it lived)."""
 
     interval: float = 0.2
     peak_sum_kb: int = 0
     peak_at_s: float = 0.0
+    peak_rss_sum_kb: int = 0
     samples: int = 0
     process_peaks_kb: dict[int, tuple[str, int]] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -365,17 +377,19 @@ class TreeSampler:
             self._stop.wait(self.interval)
 
     def sample(self, pid: int) -> None:
-        total = 0
+        total = rss_total = 0
         for p in process_tree(pid):
             st = _status_kb(p)
             if not st:
                 continue
-            total += st.get("VmRSS", 0)
+            rss_total += st.get("VmRSS", 0)
+            total += _pss_kb(p)
             name = _command_name(p)
             if name == "?":  # between fork and exec, or gone: keep the name seen before
                 name = self.process_peaks_kb.get(p, ("?", 0))[0]
             self.process_peaks_kb[p] = (name, st.get("VmHWM", 0))
         self.samples += 1
+        self.peak_rss_sum_kb = max(self.peak_rss_sum_kb, rss_total)
         if total > self.peak_sum_kb:
             self.peak_sum_kb, self.peak_at_s = total, time.monotonic() - self._began
 
@@ -383,7 +397,8 @@ class TreeSampler:
         by_name: dict[str, float] = {}
         for name, kb in self.process_peaks_kb.values():
             by_name[name] = max(by_name.get(name, 0.0), kb / 1024)
-        return {"tree_peak_rss_mb": round(self.peak_sum_kb / 1024, 1), "tree_peak_at_s": round(self.peak_at_s, 1),
+        return {"tree_peak_pss_mb": round(self.peak_sum_kb / 1024, 1), "tree_peak_at_s": round(self.peak_at_s, 1),
+                "tree_peak_rss_sum_mb": round(self.peak_rss_sum_kb / 1024, 1),
                 "samples": self.samples, "processes": len(self.process_peaks_kb),
                 "largest_peak_by_command_mb": {k: round(v, 1) for k, v in sorted(by_name.items(),
                                                                                  key=lambda kv: -kv[1])}}
