@@ -80,6 +80,28 @@ class Health:
             return out
 
 
+class Waker:
+    """Wakes every waiting thread of a pool; a wake between a thread's scan and its wait is never lost
+    (threads compare generations instead of clearing a shared Event, which would eat other threads' wakes)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._generation = 0
+
+    def generation(self) -> int:
+        with self._cond:
+            return self._generation
+
+    def wake(self) -> None:
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._generation != seen, timeout)
+
+
 class WorkerPool:
     """`size` threads of one stage."""
 
@@ -89,7 +111,7 @@ class WorkerPool:
         self.size = size
         self.daemon = daemon
         self.stop = threading.Event()
-        self.wake = threading.Event()
+        self.waker = Waker()
         self.busy = 0
         self.open_failed: str | None = None
         self._busy_lock = threading.Lock()
@@ -112,6 +134,7 @@ class WorkerPool:
         try:
             while not self.stop.is_set():
                 d.health.beat(me)
+                seen = self.waker.generation()
                 if stage is None:
                     stage = self._open(me)
                     if stage is None:
@@ -139,8 +162,7 @@ class WorkerPool:
                         worked = True
                         d.wake(DOWNSTREAM[self.name])
                 if not worked:
-                    self.wake.wait(d.config.inbox.rescan_seconds)
-                    self.wake.clear()
+                    self.waker.wait(seen, self._idle_wait())
         except Exception as exc:  # a bug in the loop itself: log loudly; the health check stops WATCHDOG=1
             log.exception("worker thread crashed", stage=self.name, error=str(exc))
         finally:
@@ -150,6 +172,14 @@ class WorkerPool:
                 except Exception as exc:
                     log.warning("closing stage failed", stage=self.name, error=str(exc))
             d.health.forget(me)
+
+    def _idle_wait(self) -> float:
+        """How long an idle worker sleeps: the rescan interval, but files settling in the inbox are looked at
+        again as soon as they may have settled (an inotify event only says a file changed, not that it is done)."""
+        cfg = self.daemon.config.inbox
+        if self.name == "ingest" and self.daemon.scanner.pending:
+            return min(cfg.rescan_seconds, max(0.1, cfg.settle_seconds / 4))
+        return cfg.rescan_seconds
 
     def _open(self, me: str) -> Stage | None:
         try:
@@ -228,7 +258,7 @@ class Daemon:
     def stop_workers(self, timeout: float) -> None:
         for pool in self.pools.values():
             pool.stop.set()
-            pool.wake.set()
+            pool.waker.wake()
         if self.trainer is not None:
             self.trainer.request_stop()
         deadline = time.monotonic() + timeout
@@ -244,7 +274,7 @@ class Daemon:
             if self.trainer is not None:
                 self.trainer.wake.set()
         elif stage in self.pools:
-            self.pools[stage].wake.set()
+            self.pools[stage].waker.wake()
 
     # ---------------------------------------------------------------------------------------- watching
     def start_observer(self) -> None:

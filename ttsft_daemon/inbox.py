@@ -53,10 +53,13 @@ class InboxScanner:
         self._seen: dict[str, Seen] = {}
         self._ignored: set[str] = set()
         self._lock = threading.Lock()
+        self.pending = 0  # files seen still settling at the last scan
 
     def scan(self) -> ScanResult:
         with self._lock:
-            return self._scan()
+            result = self._scan()
+            self.pending = result.pending
+            return result
 
     def _scan(self) -> ScanResult:
         ready: list[Item] = []

@@ -43,10 +43,8 @@ class IngestStage:
         pass
 
     def candidates(self) -> list[Item]:
-        in_flight = self.spool.count("raw") + self.spool.count("vocals")
-        if in_flight >= self.config.daemon.max_jobs_in_flight:
-            return []
-        return self.scanner.scan().ready
+        room = self.config.daemon.max_jobs_in_flight - self.spool.count("raw") - self.spool.count("vocals")
+        return self.scanner.scan().ready[:max(0, room)]  # the bound on recordings in flight
 
     def process(self, item: Item, ctx: StageContext) -> Result:
         path = item.payload
