@@ -116,6 +116,11 @@ def watcher(w: dict[str, Any]) -> str:
                    f"after median **{run['claimed_median_s']} s** (min {run['claimed_min_s']}, max "
                    f"{run['claimed_max_s']}) over {len(run['drops'])} drops; ingest finished after "
                    f"{[d['ingested_s'] for d in run['drops']]} s; load {run['load']}")
+    for run in w.get("startup", []):
+        out.append(f"- start-up, rescan_seconds {run['rescan_seconds']:g}, settle_seconds {run['settle_seconds']:g}: "
+                   f"ingest ready {run['ingest_ready_s']} s after launch, the waiting file claimed after "
+                   f"**{run['claimed_after_launch_s']} s**; the `--exit-when-idle` run took {run['wall_s']} s; "
+                   f"load {run['load']}")
     b = w.get("burst")
     if b:
         inv = b["invariants"]

@@ -1,5 +1,7 @@
 """Inbox watcher: latency from a file's rename into the inbox until ingest claims it, and a burst of small files.
 
+startup: one file already in the inbox when `run --exit-when-idle` starts; seconds from launch until ingest
+    claims it, for each given rescan_seconds.
 latency: the daemon runs (no --exit-when-idle, separation off); one short WAV at a time is written under a hidden
     name in the inbox and renamed to its real name; the latency runs from the rename until ingest claimed it (the
     "ingest done" line's time minus its duration_s) and until ingest finished. The next file is dropped once the
@@ -11,7 +13,7 @@ burst: N small WAVs (1-2 s of Piper speech, all different) renamed into the inbo
 
 Writes bench/results/watcher.json (atomically).
 
-    .venv/bin/python bench/watcher.py [latency|burst|both] [--drops 6] [--rescan 30,2] [--settle 0.2]
+    .venv/bin/python bench/watcher.py [latency|burst|both|startup] [--drops 6] [--rescan 30,2] [--settle 0.2]
                                       [--files 1000]
 """
 
@@ -161,6 +163,23 @@ def wait_for_ingest(log: Path, name: str, timeout: float) -> dict[str, Any]:
     return found[0]
 
 
+def startup_run(rescan: float, settle: float, src: Path) -> dict[str, Any]:
+    """A file already in the inbox when `--exit-when-idle` starts: seconds from launch until ingest claims it."""
+    root, log = fresh_root(WORK / f"startup-rescan{rescan:g}")
+    shutil.copyfile(src, root / "inbox" / "waiting.wav")
+    config = support.write_config(root.parent / "config.yaml", root, {
+        "inbox": {"settle_seconds": settle, "rescan_seconds": rescan}, "separation": {"enabled": False}})
+    launched = time.time()
+    run = support.run_measured(support.daemon_command(config, exit_when_idle=True), log, timeout=600)
+    events = support.log_events(log)
+    done = [e for e in events if e.get("event") == "ingest done"]
+    ready = [support.event_time(e) for e in events if e.get("event") == "stage ready" and e.get("stage") == "ingest"]
+    claimed = support.event_time(done[0]) - float(done[0]["duration_s"]) if done else float("nan")
+    return {"rescan_seconds": rescan, "settle_seconds": settle, "rc": run.rc, "wall_s": run.wall_s,
+            "ingest_ready_s": round(ready[0] - launched, 2) if ready else None,
+            "claimed_after_launch_s": round(claimed - launched, 2), "load": support.load_average()}
+
+
 # ------------------------------------------------------------------------------------------------ burst
 
 
@@ -229,7 +248,7 @@ def follow(root: Path, since: float, timeline: list[dict[str, float]], timeout: 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("what", nargs="?", default="both", choices=["latency", "burst", "both"])
+    parser.add_argument("what", nargs="?", default="both", choices=["latency", "burst", "both", "startup"])
     parser.add_argument("--drops", type=int, default=6)
     parser.add_argument("--rescan", default="30,2", help="inbox.rescan_seconds values for the latency runs")
     parser.add_argument("--settle", type=float, default=0.2, help="inbox.settle_seconds for the latency runs")
@@ -246,6 +265,12 @@ def main() -> int:
             print(f"latency rescan {run['rescan_seconds']:g} s, settle {run['settle_seconds']:g} s: claimed after "
                   f"median {run['claimed_median_s']} s (min {run['claimed_min_s']}, max {run['claimed_max_s']}) "
                   f"over {len(run['drops'])} drops", flush=True)
+    if args.what in ("startup", "both"):
+        src = small_wavs(WORK / "inputs", 1)[0]
+        result["startup"] = [startup_run(float(r), args.settle, src) for r in args.rescan.split(",")]
+        for run in result["startup"]:
+            print(f"startup rescan {run['rescan_seconds']:g} s: ingest ready after {run['ingest_ready_s']} s, file "
+                  f"claimed after {run['claimed_after_launch_s']} s, run took {run['wall_s']} s", flush=True)
     if args.what in ("burst", "both"):
         burst = burst_run(args.files, args.burst_settle, args.burst_rescan)
         result["burst"] = burst
@@ -258,7 +283,7 @@ def main() -> int:
         import json
 
         earlier = json.loads(args.output.read_text())
-        result = {**{k: v for k, v in earlier.items() if k in ("latency", "burst")}, **result}
+        result = {**{k: v for k, v in earlier.items() if k in ("latency", "burst", "startup")}, **result}
     support.write_json_atomically(args.output, result)
     print(f"wrote {args.output}")
     return 0
