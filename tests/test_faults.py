@@ -4,6 +4,9 @@
 Fault injection lives in ttsft_daemon/spool.py: with TTSFT_FAULT_AT=N the N-th file operation of the process
 either raises ENOSPC (TTSFT_FAULT_MODE=enospc) or kills the process on the spot with os._exit(77)
 (TTSFT_FAULT_MODE=exit). The daemon runs as a real process throughout.
+
+The crash sweep takes every 6th point by default (a few minutes on 2 cores); TTSFT_SWEEP_STRIDE=1 sweeps every
+point (about 70 for its three inputs, ~9 minutes), TTSFT_SWEEP_PARALLEL sets how many trials run at once.
 """
 
 from __future__ import annotations
@@ -53,12 +56,12 @@ def fast_config(path: Path, root: Path, **sections: dict[str, Any]) -> Path:
     return write_config(path, root, **base)
 
 
-def run_daemon_process(config: Path, log: Path, env: dict[str, str] | None = None, timeout: float = 300,
-                       prefix: list[str] | None = None) -> int:
-    cmd = [*(prefix or []), sys.executable, "-m", "ttsft_daemon", "run", "--config", str(config),
-           "--exit-when-idle"]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env.pop("NOTIFY_SOCKET", None) if "NOTIFY_SOCKET" not in (env or {}) else None
+def run_daemon_process(config: Path, log: Path, env: dict[str, str] | None = None, timeout: float = 300) -> int:
+    """Run `ttsft-daemon run --exit-when-idle` to its end; its exit status (77 when an injected crash struck)."""
+    cmd = [sys.executable, "-m", "ttsft_daemon", "run", "--config", str(config), "--exit-when-idle"]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    full_env.pop("NOTIFY_SOCKET", None)  # only a test that listens passes one
+    full_env.update(env or {})
     with open(log, "ab") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env,
                                 cwd=str(REPO))

@@ -1,7 +1,9 @@
 """Runs one stage on one item: claim, process, commit outputs, record the step, remove the input.
 
 Order (see spool.py for why a crash anywhere is safe): outputs committed -> job record updated -> input removed.
-A quarantine records the verdict in the job first and then moves the input, so a crash in between redoes it.
+The job record keeps the steps done, so a step recorded before a crash is not redone, only its input removed; an
+output commit waits for the claim of the stage that consumes it, so a redo never interleaves with that stage's
+removal. A quarantine records the verdict in the job first and then moves the input, so a crash in between redoes it.
 Attempts are counted *before* processing, so an input that kills the whole process (a poison file) is still
 quarantined after `max_attempts` restarts. A full disk is nobody's fault: it is retried with back-off without
 counting an attempt, and the daemon reports it (`disk_full`) until an item succeeds again.
