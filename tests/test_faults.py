@@ -272,9 +272,6 @@ def test_an_interrupted_quarantine_leaves_the_input_or_its_report(tmp_path: Path
     assert interrupted_quarantine_problems(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="spool.py: repair() finishes interrupted quarantines of spool items only; "
-                   "a dropped file moved before the interruption keeps a report marked incomplete and its "
-                   ".pending marker forever (a crash sweep point shows it)")
 def test_an_interrupted_quarantine_of_a_dropped_file_is_completed_by_the_restart(tmp_path: Path) -> None:
     assert interrupted_inbox_quarantine_problems(tmp_path) == []
 

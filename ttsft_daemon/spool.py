@@ -428,6 +428,12 @@ class Spool:
                 self.quarantine(list(here.values()), str(report.get("stage")), str(report.get("reason")),
                                 str(report.get("detail", "")), {"item": item})
                 settled += 1
+            elif not here and all((self.layout.failed / e["name"]).exists() for e in report.get("files", [])):
+                # every file reached failed/ before the interruption: only the report's last word is missing
+                report["complete"] = True
+                atomic_write_json(self.layout.failed / marker.read_text().strip(), report)
+                remove(marker)
+                settled += 1
         for folder in self._spool_dirs():
             names = set(os.listdir(folder))
             for name in names:
