@@ -1,7 +1,7 @@
 """Inbox watcher: latency from a file's rename into the inbox until ingest claims it, and a burst of small files.
 
 startup: one file already in the inbox when `run --exit-when-idle` starts; seconds from launch until ingest
-    claims it, for each given rescan_seconds.
+    claims it, for each given rescan_seconds and start-up settle_seconds.
 latency: the daemon runs (no --exit-when-idle, separation off); one short WAV at a time is written under a hidden
     name in the inbox and renamed to its real name; the latency runs from the rename until ingest claimed it (the
     "ingest done" line's time minus its duration_s) and until ingest finished. The next file is dropped once the
@@ -252,6 +252,8 @@ def main() -> int:
     parser.add_argument("--drops", type=int, default=6)
     parser.add_argument("--rescan", default="30,2", help="inbox.rescan_seconds values for the latency runs")
     parser.add_argument("--settle", type=float, default=0.2, help="inbox.settle_seconds for the latency runs")
+    parser.add_argument("--startup-settle", default="0.2,10", help="inbox.settle_seconds values for the start-up "
+                        "runs (10 is the default)")
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--burst-settle", type=float, default=0.5)
     parser.add_argument("--burst-rescan", type=float, default=2.0)
@@ -267,9 +269,11 @@ def main() -> int:
                   f"over {len(run['drops'])} drops", flush=True)
     if args.what in ("startup", "both"):
         src = small_wavs(WORK / "inputs", 1)[0]
-        result["startup"] = [startup_run(float(r), args.settle, src) for r in args.rescan.split(",")]
+        result["startup"] = [startup_run(float(r), float(settle), src) for settle in args.startup_settle.split(",")
+                             for r in args.rescan.split(",")]
         for run in result["startup"]:
-            print(f"startup rescan {run['rescan_seconds']:g} s: ingest ready after {run['ingest_ready_s']} s, file "
+            print(f"startup rescan {run['rescan_seconds']:g} s, settle {run['settle_seconds']:g} s: ingest ready after "
+                  f"{run['ingest_ready_s']} s, file "
                   f"claimed after {run['claimed_after_launch_s']} s, run took {run['wall_s']} s", flush=True)
     if args.what in ("burst", "both"):
         burst = burst_run(args.files, args.burst_settle, args.burst_rescan)
