@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 
 from ttsft_daemon.demo_audio import SENTENCES, make_recording, write_media
 
@@ -104,34 +105,54 @@ def test_exactly_once_with_several_workers_and_two_daemons(tmp_path: Path, recor
     assert done_lines(log_events(logs[0]), "transcribe") and done_lines(log_events(logs[1]), "transcribe")
 
 
+def _fresh_copy(src: Path, k: int, folder: Path) -> Path:
+    """The same speech with bytes of its own (the daemon deduplicates identical content by design)."""
+    data, sr = sf.read(str(src), dtype="float32")
+    out = folder / f"refill {k:03d}.wav"
+    sf.write(str(out), data * (1.0 - 0.002 * (k % 100 + 1)), sr, subtype="PCM_16")
+    return out
+
+
+def _upstream_recordings(root: Path) -> int:
+    """Recordings not yet segmented: in the inbox, spool/raw or spool/vocals."""
+    inbox = [p for p in (root / "inbox").glob("*") if p.is_file() and not p.name.startswith(".")]
+    return len(inbox) + sum(1 for s in ("raw", "vocals") for p in (root / "spool" / s).glob("*.json"))
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, recordings: list[Path]) -> None:
     root = tmp_path / "state"
     cfg = write_config(tmp_path / "c.yaml", root, daemon={"max_attempts": 100, "retry_backoff_seconds": 0.2})
-    inputs = recordings  # enough work that 20 kills come before the end
+    inputs = list(recordings[:6])
     _drop(inputs, root / "inbox")
+    refills = tmp_path / "refills"
+    refills.mkdir()
     rng = random.Random(1234)
     log = tmp_path / "daemon.log"
     kills = 0
-    stages_seen: set[str] = set()
-    for i in range(60):
+    for i in range(80):
+        # keep work in every stage however fast this machine is, so the kills cannot run out of work to hit
+        if _upstream_recordings(root) < 2:
+            extra = _fresh_copy(recordings[len(inputs) % len(recordings)], len(inputs), refills)
+            inputs.append(extra)
+            _drop([extra], root / "inbox")
         p = start_daemon(cfg, log)
         # mostly early kills (start-up, ingest, separation); every fifth run lives long enough for model loads
         time.sleep(rng.uniform(6.0, 12.0) if i % 5 == 4 else rng.uniform(0.5, 4.0))
         if p.poll() is not None:
-            break  # it finished all the work before this kill
+            continue  # it drained everything before this kill: refill and start again
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
         kills += 1
-        stages_seen = {str(e["event"]).removesuffix(" done") for e in log_events(log)
-                       if str(e.get("event", "")).endswith(" done")}
         if kills >= 25:
             break
-    assert kills >= 20, f"only {kills} kills before the work was done"
+    assert kills >= 20, f"only {kills} kills in 80 starts"
     assert run_daemon(cfg, log) == 0
     result = check_invariants(root, n_inputs=len(inputs))
     assert result["problems"] == [], result
     assert result["rows"] > 0
+    stages_seen = {str(e["event"]).removesuffix(" done") for e in log_events(log)
+                   if str(e.get("event", "")).endswith(" done")}
     assert {"ingest", "segment", "transcribe"} <= stages_seen
 
 
