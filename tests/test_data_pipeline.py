@@ -21,7 +21,7 @@ import soundfile as sf
 from ttsft_daemon.demo_audio import SENTENCES, Recording, make_recording, write_media
 from ttsft_daemon.textnorm import normalize_for_wer
 
-from .daemon_support import check_invariants, run_daemon, write_config
+from .daemon_support import check_invariants, log_events, run_daemon, write_config
 
 MIN_CLIP, MAX_CLIP, PAD, RATE = 1.0, 15.0, 0.1, 22050
 
@@ -57,6 +57,8 @@ def test_realistic_recordings_over_music(tmp_path: Path) -> None:
 
     infos = _clip_infos(root)
     assert infos, "no clips at all"
+    transcribed = [e for e in log_events(log) if e.get("event") == "transcribe done"]
+    assert sum(1 for e in transcribed if e.get("packed")) >= len(transcribed) / 2, "most clips should share passes"
     for wav in root.glob("dataset/*/wavs/*.wav"):
         info = sf.info(str(wav))
         assert (info.samplerate, info.channels, info.subtype) == (RATE, 1, "PCM_16")

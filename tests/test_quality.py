@@ -23,7 +23,7 @@ from ttsft_daemon.quality import (
     sound_annotations,
 )
 from ttsft_daemon.textnorm import normalize_for_wer
-from ttsft_daemon.transcription import Transcript
+from ttsft_daemon.transcription import Transcript, to_whisper_rate
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 PAD_SECONDS = 0.15
@@ -315,3 +315,30 @@ def test_dnsmos_handles_long_and_short_clips(dnsmos_gate: QualityGate, speech: t
         report = dnsmos_gate.assess(make_transcript(SENTENCE, len(clip) / sr), clip, sr)
         assert report.details["dnsmos_status"] == "ok"
         assert 1.0 <= report.details["dnsmos_ovrl"] <= 5.0
+
+
+@pytest.mark.slow
+def test_group_dnsmos_is_used_for_clean_groups_and_a_noisy_clip_cannot_hide_in_one(
+    dnsmos_gate: QualityGate, speech: tuple[np.ndarray, int]
+) -> None:
+    audio, sr = speech
+    rng = np.random.default_rng(1)
+    noisy = (audio + 0.2 * rng.standard_normal(len(audio))).clip(-1, 1).astype(np.float32)
+    clean_group = dnsmos_gate.score_groups([to_whisper_rate(audio, sr)] * 2)
+    assert clean_group[0] is not None and clean_group[0]["group_clips"] == 2
+    report = dnsmos_gate.assess(make_transcript(SENTENCE, len(audio) / sr), audio, sr, group_dnsmos=clean_group[0])
+    assert report.accept and report.details["dnsmos_ovrl"] == round(clean_group[0]["ovrl"], 3)  # no run of its own
+    mixed = dnsmos_gate.score_groups([to_whisper_rate(audio, sr), to_whisper_rate(noisy, sr)])
+    assert mixed[1] is not None
+    judged = [dnsmos_gate.assess(make_transcript(SENTENCE, len(clip) / sr), clip, sr, group_dnsmos=group)
+              for clip, group in zip((audio, noisy), mixed, strict=True)]
+    print("group", mixed[1]["ovrl"], "alone", [r.details["dnsmos_ovrl"] for r in judged])
+    assert "dnsmos_low" in judged[1].reasons
+    assert judged[0].accept
+    assert dnsmos_gate.score_groups([to_whisper_rate(audio, sr)]) == [None]  # alone in its group: scored alone
+    for where in range(4):  # one noisy clip among three clean ones, anywhere in a pass of two DNSMOS windows
+        clips = [noisy if i == where else audio for i in range(4)]
+        screens = dnsmos_gate.score_groups([to_whisper_rate(c, sr) for c in clips])
+        assert all(g is not None and g["group_windows"] == 2 for g in screens)
+        bad = dnsmos_gate.assess(make_transcript(SENTENCE, len(noisy) / sr), noisy, sr, group_dnsmos=screens[where])
+        assert "dnsmos_low" in bad.reasons, (where, screens[where])

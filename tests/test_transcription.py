@@ -14,6 +14,7 @@ import soundfile as sf
 from ttsft_daemon import demo_audio
 from ttsft_daemon.config import QualityConfig, TranscriptionConfig
 from ttsft_daemon.errors import ConfigError, RejectedInput
+from ttsft_daemon.packing import GAP_SECONDS, plan_windows
 from ttsft_daemon.quality import QualityGate, QualityReport
 from ttsft_daemon.textnorm import normalize_for_wer
 from ttsft_daemon.transcription import (
@@ -23,6 +24,7 @@ from ttsft_daemon.transcription import (
     pick_compute_type,
     pick_device,
     resolve_model,
+    to_whisper_rate,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,3 +220,37 @@ def test_vad_filter_and_language_detection_are_wired(gate: QualityGate) -> None:
     assert nothing.text == "" and nothing.segments == []  # the VAD removed it all: Whisper heard nothing
     report = gate.assess(nothing, silent, sr)
     assert not report.accept and {"empty_text", "no_speech"} <= set(report.reasons)
+
+
+@pytest.mark.slow
+def test_packed_pass_gives_each_clip_its_own_words_and_leaves_no_speech_to_the_gate(
+    transcriber: Transcriber, gate: QualityGate, spoken: tuple[list[np.ndarray], int]
+) -> None:
+    clips, sr = spoken
+    music = demo_audio.make_music(4.0, sr, seed=5)
+    silence = np.zeros(3 * sr, dtype=np.float32)
+    batch = [*clips[:3], music, *clips[3:6], silence, *clips[6:]]
+    texts: list[str | None] = [*SENTENCES[:3], None, *SENTENCES[3:6], None, *SENTENCES[6:]]
+    audio16k = [to_whisper_rate(c, sr) for c in batch]
+    windows = plan_windows([len(a) / 16000 for a in audio16k], 28.0, GAP_SECONDS)
+    assert len(windows) < len(batch) / 2  # several clips per pass
+    results: list[Transcript | str] = []
+    for window in windows:
+        results += transcriber.transcribe_packed([audio16k[i] for i in window], gate.min_word_probability)
+    refs, hyps = [], []
+    for clip, text, result in zip(batch, texts, results, strict=True):
+        t = result if isinstance(result, Transcript) else transcriber.transcribe_array(clip, sr)  # as the stage does
+        report = gate.assess(t, clip, sr)
+        print(f"{'packed' if isinstance(result, Transcript) else 'alone (' + result + ')'}: {t.text!r} "
+              f"{report.reasons}")
+        if text is None:
+            assert not report.accept  # no speech: rejected, whichever way it was transcribed
+            continue
+        assert report.accept, (text, t.text, report.reasons)
+        assert t.duration == pytest.approx(len(clip) / sr, abs=0.01)
+        assert all(0.0 <= w["start"] <= w["end"] <= t.duration for w in t.words)
+        refs.append(normalize_for_wer(text))
+        hyps.append(normalize_for_wer(t.text))
+        assert jiwer.wer(refs[-1], hyps[-1]) <= 0.34, "words given to the wrong clip"
+    assert sum(isinstance(r, Transcript) for r in results) >= 6
+    assert jiwer.wer(refs, hyps) <= 0.10

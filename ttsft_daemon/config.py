@@ -133,7 +133,11 @@ class TranscriptionConfig:
     beam_size: int = _f(5, "beam size", min=1, max=20)
     language: str | None = _f("en", "language code, or null to detect")
     vad_filter: bool = _f(False, "faster-whisper's Silero VAD filter")
-    cpu_threads: int = _f(0, "CTranslate2 threads per worker (0 = library default)", min=0)
+    cpu_threads: int = _f(0, "CTranslate2 threads per worker (0 = auto: 1 on hosts of up to 4 cores, where it "
+                          "measured fastest, else CTranslate2's default of 4)", min=0)
+    pack_seconds: float = _f(28.0, "transcribe neighbouring clips of a recording packed into one Whisper pass of up "
+                             "to this many seconds (Whisper pads every pass to 30 s); a clip whose share of the "
+                             "pass is doubtful is transcribed alone. 0 = one pass per clip", min=0.0, max=30.0)
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,9 @@ class QualityConfig:
     edge_word_seconds: float = _f(0.02, "a word this close to a clip edge counts as cut", min=0.0)
     dnsmos: bool = _f(True, "score clips with DNSMOS (speechmos)")
     min_dnsmos: float = _f(2.5, "reject below this DNSMOS overall score", min=1.0, max=5.0)
+    dnsmos_group_margin: float = _f(0.5, "packed clips are DNSMOS-screened together (whole 9 s windows of their "
+                                    "joined audio); a clip whose screen scores under min_dnsmos + this margin is "
+                                    "scored alone", min=0.0, max=4.0)
     max_phonemes: int = _f(400, "reject transcripts with more phonemes (trainer out-of-memory)", min=10)
     min_quality: float = _f(0.5, "reject below this combined 0-1 quality score", min=0.0, max=1.0)
     min_word_probability: float = _f(0.5, "reject below this mean Whisper word probability", min=0.0, max=1.0)

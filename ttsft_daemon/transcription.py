@@ -9,6 +9,7 @@ and the clip's JSON shows what Whisper heard even on a rejected clip.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from . import packing
 from .config import TranscriptionConfig
 from .errors import ConfigError, RejectedInput
 from .logs import get_logger
@@ -103,6 +105,15 @@ def pick_compute_type(compute_type: str, device: str) -> str:
     return "float16" if device == "cuda" else "int8"
 
 
+def pick_cpu_threads(configured: int) -> int:
+    """CTranslate2 threads per worker: as configured, or with 0 one thread on a host of up to 4 usable cores
+    (there one thread per worker, the workers running side by side, transcribed 1.7x faster than CTranslate2's
+    default of 4 threads: `bench/transcribe_cost.py`), else CTranslate2's default."""
+    if configured > 0:
+        return configured
+    return 1 if len(os.sched_getaffinity(0)) <= 4 else 0
+
+
 def _round(value: float, places: int = 4) -> float:
     return round(float(value), places) if math.isfinite(value) else float(value)
 
@@ -125,7 +136,7 @@ class Transcriber:
         started = time.monotonic()
         try:
             self.model = WhisperModel(self.model_path, device=self.device, compute_type=self.compute_type,
-                                      cpu_threads=cfg.cpu_threads)
+                                      cpu_threads=pick_cpu_threads(cfg.cpu_threads))
         except Exception as exc:  # faster-whisper, CTranslate2 and the hub client raise many kinds
             where = f"{self.device}/{self.compute_type}"
             problem = _load_problem(cfg, self.model_path, models_dir, where, exc)
@@ -145,24 +156,68 @@ class Transcriber:
     def transcribe_array(self, samples: np.ndarray, sr: int) -> Transcript:
         """Transcribe mono float samples at rate `sr` (resampled to Whisper's 16 kHz here)."""
         audio = to_whisper_rate(samples, sr)
+        decoded, language, language_probability = self._decode(audio)
+        segments = [_segment_dict(seg, seg["text"]) for seg in decoded]
+        words = [_word_dict(w) for seg in decoded for w in seg["words"]]
+        text = " ".join(s["text"] for s in segments if s["text"])
+        return Transcript.build(text, language, language_probability,
+                                _round(len(audio) / WHISPER_SAMPLE_RATE, 3), segments, words)
+
+    def transcribe_packed(self, clips: list[np.ndarray], min_word_probability: float) -> list[Transcript | str]:
+        """Transcribe clips (mono float32 at 16 kHz) in one pass, joined with silent gaps (see packing.py).
+
+        Returns, per clip, its Transcript, or why its share of the pass is doubtful (it must be transcribed alone).
+        Segment values that Whisper gives per pass (avg_logprob, no_speech_prob) are those of the segments the
+        clip's words came from; compression_ratio is measured on the clip's own text.
+        """
+        durations = [len(c) / WHISPER_SAMPLE_RATE for c in clips]
+        spans = packing.layout(durations)
+        gap = np.zeros(int(packing.GAP_SECONDS * WHISPER_SAMPLE_RATE), dtype=np.float32)
+        joined = np.concatenate([part for c in clips for part in (gap, c)][1:]) if clips else gap
+        decoded, language, language_probability = self._decode(joined)
+        shares = packing.split_words(spans, [seg["words"] for seg in decoded], min_word_probability)
+        results: list[Transcript | str] = []
+        for share, duration in zip(shares, durations, strict=True):
+            if share.doubtful:
+                results.append(share.doubtful)
+                continue
+            segments = []
+            for si, indices in share.segments.items():
+                text = "".join(share.words[i]["word"] for i in indices).strip()
+                seg = {**decoded[si], "start": share.words[indices[0]]["start"],
+                       "end": share.words[indices[-1]]["end"],
+                       "compression_ratio": packing.compression_ratio(text)}
+                segments.append(_segment_dict(seg, text))
+            text = " ".join(s["text"] for s in segments if s["text"])
+            results.append(Transcript.build(text, language, language_probability, _round(duration, 3), segments,
+                                            [_word_dict(w) for w in share.words]))
+        return results
+
+    def _decode(self, audio: np.ndarray) -> tuple[list[dict[str, Any]], str, float]:
+        """Whisper's segments as dicts with their words (word strings raw, with their leading space)."""
         cfg = self.cfg
         segments_iter, info = self.model.transcribe(
             audio, language=cfg.language, beam_size=cfg.beam_size, word_timestamps=True,
             vad_filter=cfg.vad_filter, no_speech_threshold=None, condition_on_previous_text=False,
         )
-        segments: list[dict[str, Any]] = []
-        words: list[dict[str, Any]] = []
-        for seg in segments_iter:
-            segments.append({
-                "start": _round(seg.start, 3), "end": _round(seg.end, 3), "text": seg.text.strip(),
-                "avg_logprob": _round(seg.avg_logprob), "no_speech_prob": _round(seg.no_speech_prob),
-                "compression_ratio": _round(seg.compression_ratio),
-            })
-            words.extend({"start": _round(w.start, 3), "end": _round(w.end, 3), "word": w.word.strip(),
-                          "probability": _round(w.probability)} for w in seg.words or [])
-        text = " ".join(s["text"] for s in segments if s["text"])
-        return Transcript.build(text, info.language, _round(info.language_probability),
-                                _round(len(audio) / WHISPER_SAMPLE_RATE, 3), segments, words)
+        decoded = [{
+            "start": seg.start, "end": seg.end, "text": seg.text.strip(), "avg_logprob": seg.avg_logprob,
+            "no_speech_prob": seg.no_speech_prob, "compression_ratio": seg.compression_ratio,
+            "words": [{"start": w.start, "end": w.end, "word": w.word, "probability": w.probability}
+                      for w in seg.words or []],
+        } for seg in segments_iter]
+        return decoded, str(info.language), _round(info.language_probability)
+
+
+def _segment_dict(seg: dict[str, Any], text: str) -> dict[str, Any]:
+    return {"start": _round(seg["start"], 3), "end": _round(seg["end"], 3), "text": text,
+            "avg_logprob": _round(seg["avg_logprob"]), "no_speech_prob": _round(seg["no_speech_prob"]),
+            "compression_ratio": _round(seg["compression_ratio"])}
+
+
+def _word_dict(w: dict[str, Any]) -> dict[str, Any]:
+    return {"start": _round(w["start"], 3), "end": _round(w["end"], 3), "word": str(w["word"]).strip(),
+            "probability": _round(w["probability"])}
 
 
 def _load_problem(cfg: TranscriptionConfig, resolved: str, models_dir: Path, where: str, exc: Exception) -> str:

@@ -1,19 +1,30 @@
-"""Transcribe: spool/audio clip -> spool/transcribed clip + JSON (transcript, scores, accept/reject decision)."""
+"""Transcribe: spool/audio clip -> spool/transcribed clip + JSON (transcript, scores, accept/reject decision).
+
+With `transcription.pack_seconds` > 0 a clip is transcribed together with the neighbours of its recording that
+are still waiting, in one Whisper pass (see packing.py); the pass's results for the others wait in memory until
+their own items come. Each clip stays one item of its own: claims, retries and quarantine are unchanged.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import soundfile as sf
 
 from ..config import Config
+from ..errors import RejectedInput
+from ..packing import GAP_SECONDS as PACK_GAP_SECONDS
+from ..packing import PackedResults, plan_windows
 from ..quality import QualityGate
 from ..spool import Item, Spool
-from ..transcription import Transcriber
+from ..transcription import Transcriber, Transcript, to_whisper_rate
 from .base import Output, Result, SpoolStage, StageContext
 
 
@@ -22,6 +33,34 @@ def link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copyfile(src, dst)
+
+
+# One per process: the transcribe workers of a daemon share the results of the passes they made.
+PACKED = PackedResults()
+
+
+@dataclass(frozen=True)
+class PackedClip:
+    transcript: Transcript | None  # None: doubtful in the pass, to be transcribed alone
+    why_alone: str
+    dnsmos: dict[str, float] | None
+    settings: tuple[Any, ...]
+
+
+@dataclass
+class Pending:
+    """A pass under way in some worker of this process; `done` is set when its results are in (or it failed)."""
+
+    settings: tuple[Any, ...]
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def read_clip(path: Path) -> tuple[np.ndarray, int]:
+    try:
+        samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise RejectedInput("unreadable clip", f"{path}: {exc}") from exc
+    return samples.mean(axis=1), int(sr)
 
 
 class TranscribeStage(SpoolStage):
@@ -52,9 +91,15 @@ class TranscribeStage(SpoolStage):
             self.open()
         assert self._transcriber is not None and self._gate is not None
         meta = item.meta()
-        transcript = self._transcriber.transcribe(item.payload)
-        samples, sr = sf.read(str(item.payload), dtype="float32")
-        report = self._gate.assess(transcript, samples, sr)
+        samples, sr = read_clip(item.payload)
+        packed = self._packed(item, meta, ctx) if self.config.transcription.pack_seconds > 0 else None
+        if packed is not None and packed.transcript is not None:
+            transcript, how = packed.transcript, "packed"
+        else:
+            transcript = self._transcriber.transcribe_array(samples, sr)
+            how = "alone" if packed is None else f"alone: {packed.why_alone}"
+        report = self._gate.assess(transcript, samples, sr, group_dnsmos=packed.dnsmos if packed else None)
+        report.details["transcribed"] = how
         cid = meta["clip_id"]
         tmp = ctx.tmp_output("transcribed", cid, "wav")
         link_or_copy(item.payload, tmp)
@@ -79,4 +124,91 @@ class TranscribeStage(SpoolStage):
 
         return Result([Output("transcribed", cid, tmp, "wav", out_meta)], update,
                       log={"decision": out_meta["decision"], "quality": out_meta["quality"],
-                           "reasons": ",".join(report.reasons)})
+                           "reasons": ",".join(report.reasons), "packed": how == "packed"})
+
+    # ---- packing
+
+    def _settings(self) -> tuple[Any, ...]:
+        t, q = self.config.transcription, self.config.quality
+        return (t.model, t.beam_size, t.language, t.vad_filter, t.pack_seconds, q.dnsmos, q.min_word_probability)
+
+    def _packed(self, item: Item, meta: dict[str, Any], ctx: StageContext) -> PackedClip | None:
+        """This clip's result from a packed pass: made now with its waiting neighbours, or by another worker.
+
+        When another worker is already transcribing the pass that holds this clip, this worker does not wait
+        idle: it transcribes the next pass of the same recording meanwhile, so two workers never share one pass
+        and never sit on one lock.
+        """
+        job_id = str(meta.get("job_id", ""))
+        settings = self._settings()
+        while True:
+            ctx.check_stop()
+            with PACKED.job_lock(job_id):
+                found = PACKED.get(item.id)
+                if isinstance(found, PackedClip) and found.settings == settings:
+                    return found
+                busy = found if isinstance(found, Pending) and found.settings == settings else None
+                window = self._plan(job_id, settings, None if busy else item)
+                if len(window) < 2:
+                    if busy is None:
+                        return None  # nothing to pack it with: alone, as without packing
+                    window = []  # nothing worth a pass to do while waiting
+                mine = Pending(settings)
+                for member in window:
+                    PACKED.put(member.id, mine)
+            if window:
+                self._run_pass(window, mine, settings)
+            if busy is None:
+                continue  # this clip's own pass is done: its result is there now
+            while not busy.done.wait(1.0):
+                ctx.check_stop()
+
+    def _run_pass(self, window: list[Item], mine: Pending, settings: tuple[Any, ...]) -> None:
+        assert self._transcriber is not None and self._gate is not None
+        try:
+            audio = []
+            for member in list(window):
+                try:
+                    audio.append(to_whisper_rate(*read_clip(member.payload)))
+                except RejectedInput:  # gone (another daemon took it) or unreadable: its own item will say so
+                    window.remove(member)
+                    PACKED.put(member.id, None)
+            if not window:
+                return
+            texts = self._transcriber.transcribe_packed(audio, self.config.quality.min_word_probability)
+            groups = self._gate.score_groups(audio)
+            for member, text, dnsmos in zip(window, texts, groups, strict=True):
+                transcript = text if isinstance(text, Transcript) else None
+                why = text if isinstance(text, str) else ""
+                PACKED.put(member.id, PackedClip(transcript, why, dnsmos, settings))
+        except BaseException:
+            for member in window:  # planned again by whoever needs them next (an unreadable clip goes alone)
+                if PACKED.get(member.id) is mine:
+                    PACKED.put(member.id, None)
+            raise
+        finally:
+            mine.done.set()
+
+    def _plan(self, job_id: str, settings: tuple[Any, ...], holding: Item | None) -> list[Item]:
+        """The next pass of this recording: waiting clips (time order) with neither a result nor a pass under way,
+        as many as fit; the one holding `holding` when given, else the first."""
+        waiting = []
+        for other in self.spool.items(self.source):
+            is_it = holding is not None and other.id == holding.id
+            if not (is_it or other.id.startswith(f"{job_id}-")):
+                continue
+            found = PACKED.get(other.id)
+            if not is_it and isinstance(found, (PackedClip, Pending)) and found.settings == settings:
+                continue
+            try:
+                duration = float(other.meta()["duration"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            waiting.append((other, duration))
+        waiting.sort(key=lambda pair: pair[0].id)  # clip ids end in the zero-padded start time
+        plan = plan_windows([d for _, d in waiting], self.config.transcription.pack_seconds, PACK_GAP_SECONDS)
+        for group in plan:
+            members = [waiting[i][0] for i in group]
+            if holding is None or any(m.id == holding.id for m in members):
+                return members
+        return [holding] if holding is not None else []
