@@ -1,6 +1,7 @@
 """Markdown tables from bench/results/*.json, for bench/RESULTS.md (the numbers are never typed by hand).
 
-    .venv/bin/python bench/report.py [--results bench/results]
+    .venv/bin/python bench/report.py [--results bench/results]            # print every table
+    .venv/bin/python bench/report.py --update bench/RESULTS.md           # regenerate its report blocks
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import support
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STAGES = ("ingest", "separate", "segment", "transcribe", "accept")
@@ -84,10 +89,24 @@ def pipeline_stages(p: dict[str, Any]) -> str:
 
 
 def transcribe_cost(t: dict[str, Any]) -> str:
-    rows = [[name, r["calls"], r["wall_s_per_audio_s"], r["cpu_s_per_audio_s"]] for name, r in t["steps"].items()]
+    def note(r: dict[str, Any]) -> str:
+        if "alone" in r:
+            return f"{r['alone']} clips transcribed alone"
+        if "scored_alone" in r:
+            return f"{r['scored_alone']} clips DNSMOS-scored alone"
+        return ""
+
+    rows = [[name, r["wall_s_per_audio_s"], r["cpu_s_per_audio_s"], note(r)] for name, r in t["steps"].items()]
     head = (f"{t['clips']} clips, {t['audio_s']} s of audio; load average before {t['load_before']}; "
             f"machine: {machine_line(t['machine'])}")
-    return head + "\n\n" + table(["step", "calls", "wall s / audio s", "CPU s / audio s"], rows)
+    out = head + "\n\n" + table(["step", "wall s / audio s", "CPU s / audio s", ""], rows)
+    agree = t.get("packed_vs_per_clip")
+    if agree:
+        out += (f"\n\nPacked against per clip: accept/reject decisions agree on {agree['decisions_agree']} of "
+                f"{agree['clips']} clips; word error rate between the two transcripts "
+                f"{agree['wer_packed_vs_per_clip']}; "
+                f"mean absolute DNSMOS OVRL difference {agree['dnsmos_ovrl_mean_abs_diff']}.")
+    return out
 
 
 def memory(m: dict[str, Any]) -> str:
@@ -138,10 +157,35 @@ def watcher(w: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+# Blocks of RESULTS.md that `--update` regenerates: <!-- report:NAME --> ... <!-- /report -->
+BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
+    "pipeline": ("pipeline.json", pipeline), "pipeline_stages": ("pipeline.json", pipeline_stages),
+    "transcribe_cost": ("transcribe_cost.json", transcribe_cost), "memory": ("memory.json", memory),
+    "watcher": ("watcher.json", watcher),
+}
+
+
+def update(markdown: Path, results: Path) -> None:
+    text = markdown.read_text()
+    for name, (source, render) in BLOCKS.items():
+        data = load(results, source)
+        start, end = f"<!-- report:{name} -->", "<!-- /report -->"
+        if data is None or start not in text:
+            continue
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{render(data)}\n{end}{tail}"
+    support.write_text_atomically(markdown, text)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--update", type=Path, help="regenerate the report blocks of this markdown file in place")
     args = parser.parse_args()
+    if args.update:
+        update(args.update, args.results)
+        return 0
     sections: list[tuple[str, str, list[Callable[[dict[str, Any]], str]]]] = [
         ("pipeline.json", "Pipeline throughput", [pipeline, pipeline_stages]),
                 ("transcribe_cost.json", "Transcribe stage cost", [transcribe_cost]),

@@ -80,11 +80,15 @@ def machine() -> dict[str, Any]:
 
 
 def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
+    write_text_atomically(path, json.dumps(payload, indent=2) + "\n")
+
+
+def write_text_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(json.dumps(payload, indent=2) + "\n")
+            out.write(text)
             out.flush()
             os.fsync(out.fileno())
         os.replace(name, path)

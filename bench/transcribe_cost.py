@@ -1,12 +1,14 @@
-"""Where the transcribe stage's time goes, per clip: Whisper (as the daemon calls it, and variants), DNSMOS, the
-phoneme count, the whole quality gate; and the same audio transcribed long-form (all clips joined, as the naive
-script does with a whole vocal stem), to show what one 30-second Whisper window per short clip costs.
+"""Where the transcribe stage's time goes: Whisper and DNSMOS once per clip (the daemon before packing) against
+the packed passes the daemon makes now (transcription.pack_seconds, quality.dnsmos_group_margin), with CTranslate2's
+default of 4 threads and with the 1 thread per worker the daemon now picks on small hosts; and the same audio
+transcribed long-form, as the naive script does with a whole vocal stem. Also checks that packing keeps the
+decisions: accept/reject agreement and word error rate between the per-clip and the packed transcripts.
 
-Runs one thread, one clip after the other, on the clips of a dataset (default: the first pipeline bench run).
-Reports wall and CPU seconds (this process, all its threads) per second of audio. Writes
+Runs one thread of work, one clip or pass after the other, on the clips of a dataset (default: the first pipeline
+bench run). Reports wall and CPU seconds (this process, all its threads) per second of audio. Writes
 bench/results/transcribe_cost.json (atomically).
 
-    .venv/bin/python bench/transcribe_cost.py [--clips DIR] [--limit 40]
+    .venv/bin/python bench/transcribe_cost.py [--clips DIR] [--limit 60]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jiwer
 import numpy as np
 import soundfile as sf
 
@@ -26,11 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import support
 from ttsft_daemon.config import QualityConfig, TranscriptionConfig
-from ttsft_daemon.quality import DNSMOS_RATE, QualityGate
-from ttsft_daemon.transcription import Transcriber, to_whisper_rate
+from ttsft_daemon.packing import GAP_SECONDS, plan_windows
+from ttsft_daemon.quality import DNSMOS_RATE, QualityGate, QualityReport
+from ttsft_daemon.textnorm import normalize_for_wer
+from ttsft_daemon.transcription import Transcriber, Transcript, to_whisper_rate
 
 DEFAULT_CLIPS = support.OUT / "pipeline" / "repeat0" / "daemon" / "state" / "dataset" / "default" / "wavs"
-GAP_SECONDS = 0.5
+Clip = tuple[np.ndarray, int]
 
 
 def timed(step: Callable[[], Any]) -> tuple[float, float, Any]:
@@ -40,75 +45,68 @@ def timed(step: Callable[[], Any]) -> tuple[float, float, Any]:
     return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
-def whisper_run(model: Any, audio: np.ndarray, beam: int, words: bool) -> Callable[[], str]:
-    def run() -> str:
-        segments, _ = model.transcribe(audio, language="en", beam_size=beam, word_timestamps=words,
-                                       no_speech_threshold=None, condition_on_previous_text=False)
-        return " ".join(s.text for s in segments)
-
-    return run
+def per_clip(clips: list[Clip], transcriber: Transcriber) -> tuple[float, float, list[Transcript]]:
+    wall, cpu, out = timed(lambda: [transcriber.transcribe_array(s, sr) for s, sr in clips])
+    return wall, cpu, out
 
 
-def call(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
-    return lambda: fn(*args)
+def packed(clips: list[Clip], transcriber: Transcriber, min_p: float) -> tuple[float, float, list[Transcript], int]:
+    """As the transcribe stage does: passes of up to 28 s, a clip with a doubtful share transcribed alone."""
+    def run() -> tuple[list[Transcript], int]:
+        audio = [to_whisper_rate(s, sr) for s, sr in clips]
+        results: list[Transcript] = []
+        alone = 0
+        for window in plan_windows([len(a) / 16000 for a in audio], 28.0, GAP_SECONDS):
+            for i, got in zip(window, transcriber.transcribe_packed([audio[i] for i in window], min_p), strict=True):
+                if isinstance(got, Transcript):
+                    results.append(got)
+                else:
+                    alone += 1
+                    results.append(transcriber.transcribe_array(*clips[i]))
+        return results, alone
+
+    wall, cpu, (out, alone) = timed(run)
+    return wall, cpu, out, alone
 
 
-def add(steps: dict[str, list[tuple[float, float]]], name: str, step: Callable[[], Any]) -> Any:
-    wall, cpu, result = timed(step)
-    steps.setdefault(name, []).append((wall, cpu))
-    return result
-
-
-def per_clip_costs(clips: list[tuple[np.ndarray, int]], transcriber: Transcriber, gate: QualityGate
-                   ) -> dict[str, list[tuple[float, float]]]:
-    """Each part of the transcribe stage on each clip, as the daemon runs it (and two Whisper variants)."""
-    model = transcriber.model
-    steps: dict[str, list[tuple[float, float]]] = {}
-    for samples, sr in clips:
-        audio16 = to_whisper_rate(samples, sr)
-        transcript = add(steps, "whisper as the daemon (beam 5, word timestamps)",
-                         call(transcriber.transcribe_array, audio16, 16000))
-        add(steps, "whisper beam 5, no word timestamps", whisper_run(model, audio16, 5, False))
-        add(steps, "whisper beam 1, word timestamps", whisper_run(model, audio16, 1, True))
-        if gate.dnsmos is not None and gate.dnsmos.usable:
-            add(steps, "DNSMOS", call(gate.dnsmos.score, audio16))
-        add(steps, "phoneme count", call(gate.phonemes.count, transcript.text))
-        add(steps, "quality gate, whole (DNSMOS included)", call(gate.assess, transcript, samples, sr))
-    return steps
-
-
-def packed_windows(clips: list[np.ndarray], seconds: float) -> list[np.ndarray]:
-    """Clips (16 kHz) joined with short gaps into windows of at most `seconds` (a clip longer than that alone)."""
+def long_form(clips: list[Clip], transcriber: Transcriber) -> tuple[float, float]:
+    """All clips joined with the packing gap, one call, no word timestamps: the naive script's shape."""
     gap = np.zeros(int(GAP_SECONDS * 16000), dtype=np.float32)
-    windows: list[list[np.ndarray]] = [[]]
-    for clip in clips:
-        used = sum(len(p) for p in windows[-1])
-        if windows[-1] and used + len(clip) > seconds * 16000:
-            windows.append([])
-        windows[-1] += [clip, gap]
-    return [np.concatenate(w) for w in windows if w]
+    joined = np.concatenate([p for s, sr in clips for p in (to_whisper_rate(s, sr), gap)])
+
+    def run() -> str:
+        segments, _ = transcriber.model.transcribe(joined, language="en", beam_size=5, condition_on_previous_text=False)
+        return " ".join(seg.text for seg in segments)
+
+    wall, cpu, _ = timed(run)
+    return wall, cpu
 
 
-def joined_costs(clips: list[tuple[np.ndarray, int]], transcriber: Transcriber, gate: QualityGate
-                 ) -> dict[str, list[tuple[float, float]]]:
-    """The same audio, not one call per clip: long-form (naive), and the proposed fixes' shapes."""
-    audio = [to_whisper_rate(s, sr) for s, sr in clips]
-    joined = packed_windows(audio, float("inf"))[0]
-    steps: dict[str, list[tuple[float, float]]] = {}
-    add(steps, "long-form beam 5, no word timestamps (naive)", whisper_run(transcriber.model, joined, 5, False))
-    add(steps, "long-form beam 5, word timestamps", whisper_run(transcriber.model, joined, 5, True))
-    for window in packed_windows(audio, 28.0):
-        add(steps, "clips packed into 28 s windows, beam 5, word timestamps (proposed)",
-            whisper_run(transcriber.model, window, 5, True))
-    if gate.dnsmos is not None and gate.dnsmos.usable:
-        add(steps, "DNSMOS on 9.01 s windows of the joined audio (proposed)", call(gate.dnsmos.score, joined))
-    return steps
+def gate_per_clip(clips: list[Clip], texts: list[Transcript], gate: QualityGate
+                  ) -> tuple[float, float, list[QualityReport]]:
+    wall, cpu, out = timed(lambda: [gate.assess(t, s, sr) for t, (s, sr) in zip(texts, clips, strict=True)])
+    return wall, cpu, out
+
+
+def gate_screened(clips: list[Clip], texts: list[Transcript], gate: QualityGate
+                  ) -> tuple[float, float, list[QualityReport]]:
+    """DNSMOS screen per pass, then the gate; clips screened under min_dnsmos + margin are scored alone."""
+    def run() -> list[QualityReport]:
+        audio = [to_whisper_rate(s, sr) for s, sr in clips]
+        reports: list[QualityReport] = []
+        for window in plan_windows([len(a) / 16000 for a in audio], 28.0, GAP_SECONDS):
+            screens = gate.score_groups([audio[i] for i in window])
+            reports += [gate.assess(texts[i], *clips[i], group_dnsmos=g) for i, g in zip(window, screens, strict=True)]
+        return reports
+
+    wall, cpu, out = timed(run)
+    return wall, cpu, out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--clips", type=Path, default=DEFAULT_CLIPS)
-    parser.add_argument("--limit", type=int, default=40)
+    parser.add_argument("--limit", type=int, default=60)
     parser.add_argument("--output", type=Path, default=support.RESULTS / "transcribe_cost.json")
     args = parser.parse_args()
     paths = sorted(args.clips.glob("*.wav"))[: args.limit]
@@ -118,24 +116,51 @@ def main() -> int:
     clips = [(data.astype(np.float32), int(sr)) for data, sr in (sf.read(str(p), dtype="float32") for p in paths)]
     audio_s = sum(len(s) / sr for s, sr in clips)
     load_before = support.load_average()
-    transcriber = Transcriber(TranscriptionConfig(device="cpu"), support.REPO / "models")
+    models = support.REPO / "models"
+    four = Transcriber(TranscriptionConfig(device="cpu", cpu_threads=4), models)
+    one = Transcriber(TranscriptionConfig(device="cpu", cpu_threads=1), models)
     gate = QualityGate(QualityConfig())
-    steps = {**per_clip_costs(clips, transcriber, gate), **joined_costs(clips, transcriber, gate)}
-    rows: dict[str, dict[str, float]] = {}
-    for name, values in steps.items():
-        wall, cpu = sum(v[0] for v in values), sum(v[1] for v in values)
-        rows[name] = {"calls": len(values), "wall_s_per_audio_s": round(wall / audio_s, 3),
-                      "cpu_s_per_audio_s": round(cpu / audio_s, 3)}
+    min_p = gate.min_word_probability
+    rows: dict[str, dict[str, Any]] = {}
+
+    def row(name: str, wall: float, cpu: float, **extra: Any) -> None:
+        rows[name] = {"wall_s_per_audio_s": round(wall / audio_s, 3), "cpu_s_per_audio_s": round(cpu / audio_s, 3),
+                      **extra}
+
+    w, c, old_texts = per_clip(clips, four)
+    row("Whisper per clip, 4 threads (the daemon before packing)", w, c)
+    w, c, _ = per_clip(clips, one)
+    row("Whisper per clip, 1 thread", w, c)
+    w, c, _, alone = packed(clips, four, min_p)
+    row("Whisper packed, 4 threads", w, c, alone=alone)
+    w, c, new_texts, alone = packed(clips, one, min_p)
+    row("Whisper packed, 1 thread (the daemon now)", w, c, alone=alone)
+    w, c = long_form(clips, four)
+    row("Whisper long-form, 4 threads, no word timestamps (the naive script)", w, c)
+    w, c, old_reports = gate_per_clip(clips, old_texts, gate)
+    row("quality gate, DNSMOS per clip (the daemon before packing)", w, c)
+    w, c, new_reports = gate_screened(clips, new_texts, gate)
+    rescored = sum(1 for r in new_reports if "dnsmos_group" in r.details
+                   and r.details.get("dnsmos_ovrl") != round(r.details["dnsmos_group"]["ovrl"], 3))
+    row("quality gate, DNSMOS screen per pass (the daemon now)", w, c, scored_alone=rescored)
+    agree = sum(a.accept == b.accept for a, b in zip(old_reports, new_reports, strict=True))
+    wer = jiwer.wer([normalize_for_wer(t.text) or "-" for t in old_texts],
+                    [normalize_for_wer(t.text) or "-" for t in new_texts])
+    dnsmos_diff = [abs(a.details["dnsmos_ovrl"] - b.details["dnsmos_ovrl"]) for a, b in zip(old_reports, new_reports,
+                   strict=True) if "dnsmos_ovrl" in a.details and "dnsmos_ovrl" in b.details]
+    agreement = {"decisions_agree": agree, "clips": len(clips), "wer_packed_vs_per_clip": round(wer, 4),
+                 "dnsmos_ovrl_mean_abs_diff": round(statistics.mean(dnsmos_diff), 3) if dnsmos_diff else None}
     median_clip = statistics.median(len(s) / r for s, r in clips)
     print(f"{len(clips)} clips, {audio_s:.0f} s of audio (median clip {median_clip:.1f} s), DNSMOS at "
           f"{DNSMOS_RATE} Hz; load {load_before} -> {support.load_average()}")
-    print(f"{'step':<70} {'calls':>5} {'wall s / audio s':>17} {'CPU s / audio s':>16}")
-    for name, row in rows.items():
-        print(f"{name:<70} {row['calls']:>5.0f} {row['wall_s_per_audio_s']:>17.3f} {row['cpu_s_per_audio_s']:>16.3f}")
+    print(f"{'step':<72} {'wall s / audio s':>17} {'CPU s / audio s':>16}")
+    for name, r in rows.items():
+        print(f"{name:<72} {r['wall_s_per_audio_s']:>17.3f} {r['cpu_s_per_audio_s']:>16.3f}")
+    print(f"packed vs per clip: {agreement}")
     support.write_json_atomically(args.output, {
-        "what": "cost of the transcribe stage's parts per clip (one thread, sequential) vs long-form Whisper",
+        "what": "cost of the transcribe stage's parts: per clip vs packed passes, CTranslate2 threads, long-form",
         "machine": support.machine(), "load_before": load_before, "clips": len(clips),
-        "audio_s": round(audio_s, 1), "source": str(args.clips), "steps": rows,
+        "audio_s": round(audio_s, 1), "source": str(args.clips), "steps": rows, "packed_vs_per_clip": agreement,
     })
     print(f"wrote {args.output}")
     return 0

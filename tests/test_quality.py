@@ -342,3 +342,9 @@ def test_group_dnsmos_is_used_for_clean_groups_and_a_noisy_clip_cannot_hide_in_o
         assert all(g is not None and g["group_windows"] == 2 for g in screens)
         bad = dnsmos_gate.assess(make_transcript(SENTENCE, len(noisy) / sr), noisy, sr, group_dnsmos=screens[where])
         assert "dnsmos_low" in bad.reasons, (where, screens[where])
+
+
+@pytest.mark.slow
+def test_gates_of_one_process_share_one_dnsmos_scorer(dnsmos_gate: QualityGate) -> None:
+    other = QualityGate(QualityConfig())
+    assert other.dnsmos is dnsmos_gate.dnsmos  # one copy of the sessions (~0.2 GB each) for all transcribe workers
