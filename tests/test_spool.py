@@ -157,3 +157,18 @@ def test_atomic_write_never_leaves_a_partial_file(sp: Spool) -> None:
         spool_mod.set_fault(0)
     assert dest.read_bytes() == b"old"
     assert [p.name for p in sp.layout.root.iterdir() if p.name.startswith(TMP_PREFIX)] == []
+
+
+def test_a_job_is_finished_by_whichever_update_comes_last() -> None:
+    # A segment step redone after a failed job write (full disk) can be recorded after its clips were accepted.
+    from ttsft_daemon.stages.base import finish_if_complete
+
+    job: dict[str, object] = {"clips": {"a": "accepted", "b": "rejected"}, "segmented": False}
+    finish_if_complete(job)
+    assert "manifest_created" not in job
+    job["segmented"] = True
+    finish_if_complete(job)
+    assert job["manifest_created"] is True
+    waiting: dict[str, object] = {"clips": {"a": "accepted", "b": "transcribed"}, "segmented": True}
+    finish_if_complete(waiting)
+    assert "manifest_created" not in waiting

@@ -26,7 +26,7 @@ import structlog
 from .config import Config
 from .errors import RejectedInput, ShuttingDown
 from .spool import Item, Spool, remove
-from .stages.base import Result, Stage, StageContext
+from .stages.base import Result, Stage, StageContext, finish_if_complete
 
 log = structlog.get_logger("ttsft.runner")
 
@@ -315,8 +315,7 @@ def _record_rejection(clip: Any, stage: str, reason: str, key: str) -> Callable[
             clips = job.setdefault("clips", {})
             clips[clip] = "rejected"
             job["rejected_count"] = sum(1 for s in clips.values() if s == "rejected")
-            if job.get("segmented") and all(s in ("accepted", "rejected") for s in clips.values()):
-                job["manifest_created"] = True  # its last clip was rejected: the job is finished all the same
+            finish_if_complete(job)  # its last clip was rejected: the job is finished all the same
         else:
             job["failed"] = {"stage": stage, "reason": reason}
         job.get("attempts", {}).pop(key, None)

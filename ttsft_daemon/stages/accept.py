@@ -9,7 +9,7 @@ import soundfile as sf
 from ..dataset import Row, add_clip
 from ..errors import RejectedInput
 from ..spool import Item
-from .base import Result, SpoolStage, StageContext
+from .base import Result, SpoolStage, StageContext, finish_if_complete
 
 
 class AcceptStage(SpoolStage):
@@ -33,8 +33,7 @@ class AcceptStage(SpoolStage):
             clips[cid] = "accepted"
             job["accepted_count"] = sum(1 for s in clips.values() if s == "accepted")
             job["rejected_count"] = sum(1 for s in clips.values() if s == "rejected")
-            if job.get("segmented") and all(s in ("accepted", "rejected") for s in clips.values()):
-                job["manifest_created"] = True
+            finish_if_complete(job)
 
         return Result([], update, log={"added": added, "seconds": row.duration})
 

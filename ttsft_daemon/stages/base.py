@@ -20,6 +20,15 @@ from ..spool import Item, Spool
 JobUpdate = Callable[[dict[str, Any]], None]
 
 
+def finish_if_complete(job: dict[str, Any]) -> None:
+    """Mark the job finished once it is segmented and every clip is accepted or rejected. Called by every update
+    that can be the last: a segment step redone after a failed job write (a full disk) may be recorded after its
+    clips were already accepted."""
+    clips = job.get("clips", {})
+    if job.get("segmented") and all(s in ("accepted", "rejected") for s in clips.values()):
+        job["manifest_created"] = True
+
+
 @dataclass
 class Output:
     spool: str

@@ -10,7 +10,7 @@ from ..cleaning import clean_clip, write_wav_pcm16
 from ..errors import RejectedInput
 from ..segmentation import find_segments, rms_envelope_from_file
 from ..spool import Item
-from .base import Output, Result, SpoolStage, StageContext
+from .base import Output, Result, SpoolStage, StageContext, finish_if_complete
 
 
 def clip_id(job_id: str, start_s: float) -> str:
@@ -61,6 +61,7 @@ class SegmentStage(SpoolStage):
             for cid in ids:
                 clips.setdefault(cid, "audio")
             job.update(segmented=True, segments_saved=len(ids))
+            finish_if_complete(job)
 
         speech_s = sum(o.meta["duration"] for o in outputs)
         return Result(outputs, update, log={"clips": len(ids), "speech_s": round(speech_s, 1)})
