@@ -161,6 +161,7 @@ def watcher(w: dict[str, Any]) -> str:
 BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "pipeline": ("pipeline.json", pipeline), "pipeline_stages": ("pipeline.json", pipeline_stages),
     "transcribe_cost": ("transcribe_cost.json", transcribe_cost), "memory": ("memory.json", memory),
+    "memory_defaults": ("memory_defaults.json", memory),
     "watcher": ("watcher.json", watcher),
 }
 

@@ -39,7 +39,7 @@ from ttsft_daemon.demo_audio import SENTENCES, Recording, make_music, make_recor
 SR = 22050
 # Limits the corpus run's config sets (see `corpus_config()`).
 MAX_DURATION_SECONDS = 1800.0
-MAX_FILE_MB = 512.0
+MAX_FILE_MB = 1536.0
 SETTLE_SECONDS = 1.0
 
 
@@ -235,7 +235,7 @@ CASES: list[Case] = [
          make=lambda p, m: _write_duplicates(p, p.with_name("dup second.wav"), m.bank)),
     Case("duplicate-second", "dup second.wav", Outcome.DUPLICATE, "ingest", "duplicate"),  # made with the first
     Case("slow-upload", "slow upload.wav", _P),  # the test writes it slowly while the daemon runs
-    Case("deleted-while-taken", "vanishing.wav", Outcome.ABANDONED, make=lambda p, m: write_sparse_wav(p, 256 << 20)),
+    Case("deleted-while-taken", "vanishing.wav", Outcome.ABANDONED, make=lambda p, m: write_sparse_wav(p, 1 << 30)),
 ]
 
 
