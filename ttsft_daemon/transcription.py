@@ -147,11 +147,7 @@ class Transcriber:
 
     def transcribe(self, wav: Path) -> Transcript:
         """Transcribe one audio file (any rate or channel count soundfile reads)."""
-        try:
-            samples, sr = sf.read(str(wav), dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-            raise RejectedInput("unreadable clip", f"{wav}: {exc}") from exc
-        return self.transcribe_array(samples.mean(axis=1), int(sr))
+        return self.transcribe_array(*read_mono(wav))
 
     def transcribe_array(self, samples: np.ndarray, sr: int) -> Transcript:
         """Transcribe mono float samples at rate `sr` (resampled to Whisper's 16 kHz here)."""
@@ -227,6 +223,15 @@ def _load_problem(cfg: TranscriptionConfig, resolved: str, models_dir: Path, whe
     return problem + (f"Put a CTranslate2 Whisper model under {Path(models_dir) / 'whisper' / cfg.model}, "
                       "give a model folder's path, or use a model name that faster-whisper can download "
                       "on a host with network access")
+
+
+def read_mono(path: Path) -> tuple[np.ndarray, int]:
+    """An audio file as mono float32 samples and its rate; RejectedInput when it cannot be read."""
+    try:
+        samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise RejectedInput("unreadable clip", f"{path}: {exc}") from exc
+    return samples.mean(axis=1), int(sr)
 
 
 def to_whisper_rate(samples: np.ndarray, sr: int) -> np.ndarray:

@@ -15,16 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import soundfile as sf
-
 from ..config import Config
 from ..errors import RejectedInput
 from ..packing import GAP_SECONDS as PACK_GAP_SECONDS
 from ..packing import PackedResults, plan_windows
 from ..quality import QualityGate
 from ..spool import Item, Spool
-from ..transcription import Transcriber, Transcript, to_whisper_rate
+from ..transcription import Transcriber, Transcript, read_mono, to_whisper_rate
 from .base import Output, Result, SpoolStage, StageContext
 
 
@@ -55,14 +52,6 @@ class Pending:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-def read_clip(path: Path) -> tuple[np.ndarray, int]:
-    try:
-        samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise RejectedInput("unreadable clip", f"{path}: {exc}") from exc
-    return samples.mean(axis=1), int(sr)
-
-
 class TranscribeStage(SpoolStage):
     name = "transcribe"
     source = "audio"
@@ -91,7 +80,7 @@ class TranscribeStage(SpoolStage):
             self.open()
         assert self._transcriber is not None and self._gate is not None
         meta = item.meta()
-        samples, sr = read_clip(item.payload)
+        samples, sr = read_mono(item.payload)
         packed = self._packed(item, meta, ctx) if self.config.transcription.pack_seconds > 0 else None
         if packed is not None and packed.transcript is not None:
             transcript, how = packed.transcript, "packed"
@@ -158,8 +147,9 @@ class TranscribeStage(SpoolStage):
                     PACKED.put(member.id, mine)
             if window:
                 self._run_pass(window, mine, settings)
-            if busy is None:
-                continue  # this clip's own pass is done: its result is there now
+            if busy is None:  # this clip's own pass is done
+                result = PACKED.get(item.id)
+                return result if isinstance(result, PackedClip) else None
             while not busy.done.wait(1.0):
                 ctx.check_stop()
 
@@ -169,7 +159,7 @@ class TranscribeStage(SpoolStage):
             audio = []
             for member in list(window):
                 try:
-                    audio.append(to_whisper_rate(*read_clip(member.payload)))
+                    audio.append(to_whisper_rate(*read_mono(member.payload)))
                 except RejectedInput:  # gone (another daemon took it) or unreadable: its own item will say so
                     window.remove(member)
                     PACKED.put(member.id, None)
