@@ -89,7 +89,7 @@ def naive_wer(files: list[Path], out: Path) -> float | None:
     """Word error rate of the naive transcripts against the known text (all files together)."""
     import jiwer
 
-    from ttsft_daemon.textnorm import normalize_for_wer
+    from ttsft_daemon.text.textnorm import normalize_for_wer
 
     refs, hyps = [], []
     for f in files:

@@ -28,9 +28,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ttsft_daemon import demo_audio  # noqa: E402
+from ttsft_daemon.audio.separation import SeparatorProcess  # noqa: E402
 from ttsft_daemon.config import SeparationConfig  # noqa: E402
-from ttsft_daemon.separation import SeparatorProcess  # noqa: E402
+from ttsft_daemon.demo import audio as demo_audio  # noqa: E402
 
 SR = 44100
 RESULTS = REPO / "bench" / "results" / "separation_memory.json"

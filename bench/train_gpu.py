@@ -42,8 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ttsft_daemon.config import TrainingConfig  # noqa: E402
+from ttsft_daemon.core.spool import atomic_write_json, read_json  # noqa: E402
 from ttsft_daemon.errors import TransientError  # noqa: E402
-from ttsft_daemon.spool import atomic_write_json, read_json  # noqa: E402
 from ttsft_daemon.training.export import export_voice  # noqa: E402
 from ttsft_daemon.training.progress import CACHE_MARKER, PROGRESS_FILE  # noqa: E402
 from ttsft_daemon.training.runner import CACHE_DIR, train  # noqa: E402
@@ -132,7 +132,7 @@ def dataset_size(folder: Path) -> tuple[int, float]:
 
 def ensure_dataset(folder: Path, minutes: float) -> tuple[int, float]:
     """(clips, seconds) of a spoken dataset of at least `minutes`, built (or reused) in `folder`."""
-    from ttsft_daemon.training.sample_data import build_spoken_dataset
+    from ttsft_daemon.demo.sample_data import build_spoken_dataset
 
     clips, seconds = dataset_size(folder)
     if seconds >= minutes * 60:

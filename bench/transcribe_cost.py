@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import support
 from ttsft_daemon.config import QualityConfig, TranscriptionConfig
-from ttsft_daemon.packing import GAP_SECONDS, plan_windows
-from ttsft_daemon.quality import DNSMOS_RATE, QualityGate, QualityReport
-from ttsft_daemon.textnorm import normalize_for_wer
-from ttsft_daemon.transcription import Transcriber, Transcript, to_whisper_rate
+from ttsft_daemon.text.packing import GAP_SECONDS, plan_windows
+from ttsft_daemon.text.quality import DNSMOS_RATE, QualityGate, QualityReport
+from ttsft_daemon.text.textnorm import normalize_for_wer
+from ttsft_daemon.text.transcription import Transcriber, Transcript, to_whisper_rate
 
 DEFAULT_CLIPS = support.OUT / "pipeline" / "repeat0" / "daemon" / "state" / "dataset" / "default" / "wavs"
 Clip = tuple[np.ndarray, int]

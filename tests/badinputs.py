@@ -34,7 +34,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from ttsft_daemon.demo_audio import SENTENCES, Recording, make_music, make_recording, write_media
+from ttsft_daemon.demo.audio import SENTENCES, Recording, make_music, make_recording, write_media
 
 SR = 22050
 # Limits the corpus run's config sets (see `corpus_config()`).

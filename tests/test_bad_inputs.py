@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from . import badinputs as bi
-from .daemon_support import REPO, check_invariants, log_events, metadata_rows, wait_for, write_config
+from tests import badinputs as bi
+from tests.daemon_support import REPO, check_invariants, log_events, metadata_rows, wait_for, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +49,8 @@ def unprivileged_prefix(scratch: Path) -> tuple[list[str], str]:
     prefix = [setpriv, "--bounding-set", DROPPED_CAPS, "--"]
     try:
         blocked = subprocess.run([*prefix, "cat", str(probe)], capture_output=True, timeout=30).returncode != 0
-        works = subprocess.run([*prefix, sys.executable, "-c", "import ttsft_daemon.daemon"], capture_output=True,
-                               timeout=120, cwd=str(REPO)).returncode == 0
+        works = subprocess.run([*prefix, sys.executable, "-c", "import ttsft_daemon.daemon.service"],
+                               capture_output=True, timeout=120, cwd=str(REPO)).returncode == 0
     finally:
         probe.unlink()
     if not (blocked and works):

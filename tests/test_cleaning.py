@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ttsft_daemon import demo_audio
-from ttsft_daemon.cleaning import (
+from ttsft_daemon.audio.cleaning import (
     clean_clip,
     resample,
     spectral_gate,
@@ -16,6 +15,7 @@ from ttsft_daemon.cleaning import (
     write_wav_pcm16,
 )
 from ttsft_daemon.config import AudioConfig, SegmentationConfig
+from ttsft_daemon.demo import audio as demo_audio
 
 SEG = SegmentationConfig()
 IN_SR = 44100

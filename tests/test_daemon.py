@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from ttsft_daemon.demo_audio import SENTENCES, make_recording, write_media
-
-from .daemon_support import (
+from tests.daemon_support import (
     check_invariants,
     done_lines,
     log_events,
@@ -27,6 +25,7 @@ from .daemon_support import (
     wait_for,
     write_config,
 )
+from ttsft_daemon.demo.audio import SENTENCES, make_recording, write_media
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,9 @@ import jiwer
 import pytest
 import soundfile as sf
 
-from ttsft_daemon.demo_audio import SENTENCES, Recording, make_recording, write_media
-from ttsft_daemon.textnorm import normalize_for_wer
-
-from .daemon_support import check_invariants, log_events, run_daemon, write_config
+from tests.daemon_support import check_invariants, log_events, run_daemon, write_config
+from ttsft_daemon.demo.audio import SENTENCES, Recording, make_recording, write_media
+from ttsft_daemon.text.textnorm import normalize_for_wer
 
 MIN_CLIP, MAX_CLIP, PAD, RATE = 1.0, 15.0, 0.1, 22050
 

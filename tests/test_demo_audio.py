@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ttsft_daemon import demo_audio, media
+from ttsft_daemon.audio import media
+from ttsft_daemon.demo import audio as demo_audio
 
 
 @pytest.fixture(scope="module")

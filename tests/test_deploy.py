@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemon_support import log_events, metadata_rows, write_config
 from ttsft_daemon.config import load_config
-
-from .daemon_support import log_events, metadata_rows, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -359,7 +358,7 @@ print("spleeter", sorted(out) == ["accompaniment", "vocals"] and out["vocals"].s
 @pytest.mark.slow
 def test_daemon_builds_a_dataset_under_the_units_syscall_filter(tmp_path: Path) -> None:
     """The real daemon, sandboxed, with its sd_notify socket: READY=1, then a dataset from real speech."""
-    from ttsft_daemon.demo_audio import SENTENCES, make_recording, write_media
+    from ttsft_daemon.demo.audio import SENTENCES, make_recording, write_media
 
     root = tmp_path / "state"
     (root / "inbox").mkdir(parents=True)

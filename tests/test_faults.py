@@ -1,7 +1,7 @@
 """Issue 8: faults. A full disk (injected, and real on a size-limited tmpfs), a crash at every file operation
 (a sweep in the manner of SQLite's crash tests) and a separation worker killed mid-request.
 
-Fault injection lives in ttsft_daemon/spool.py: with TTSFT_FAULT_AT=N the N-th file operation of the process
+Fault injection lives in ttsft_daemon/core/atomic.py: with TTSFT_FAULT_AT=N the N-th file operation of the process
 either raises ENOSPC (TTSFT_FAULT_MODE=enospc) or kills the process on the spot with os._exit(77)
 (TTSFT_FAULT_MODE=exit). The daemon runs as a real process throughout.
 
@@ -30,11 +30,10 @@ from typing import Any
 
 import pytest
 
-from ttsft_daemon import spool as spool_mod
-from ttsft_daemon.demo_audio import SENTENCES, Recording, make_music, make_recording, write_media
-from ttsft_daemon.spool import Spool
-
-from .daemon_support import REPO, check_invariants, log_events, wait_for, write_config
+from tests.daemon_support import REPO, check_invariants, log_events, wait_for, write_config
+from ttsft_daemon.core import atomic as spool_mod
+from ttsft_daemon.core.spool import Spool
+from ttsft_daemon.demo.audio import SENTENCES, Recording, make_music, make_recording, write_media
 
 SR = 22050
 EXIT_INJECTED = 77  # spool.py's os._exit code at an injected crash

@@ -6,12 +6,13 @@ import json
 import signal
 from pathlib import Path
 
+from tests.daemon_support import log_events, start_daemon, wait_for, write_config
 from ttsft_daemon.config import config_from_dict
-from ttsft_daemon.inbox import InboxScanner
-from ttsft_daemon.spool import Spool
+from ttsft_daemon.core.inbox import InboxScanner
+from ttsft_daemon.core.spool import Spool
+from ttsft_daemon.pipeline import stage as stage_spec
+from ttsft_daemon.stages.base import StageEnv
 from ttsft_daemon.stages.ingest import IngestStage
-
-from .daemon_support import log_events, start_daemon, wait_for, write_config
 
 
 def test_ingest_offers_no_more_recordings_than_the_in_flight_bound(tmp_path: Path) -> None:
@@ -21,7 +22,7 @@ def test_ingest_offers_no_more_recordings_than_the_in_flight_bound(tmp_path: Pat
     sp.layout.ensure()
     for i in range(10):
         (sp.layout.inbox / f"f{i}.wav").write_bytes(b"x")
-    stage = IngestStage(cfg, sp, InboxScanner(sp.layout.inbox, cfg.inbox))
+    stage = IngestStage(stage_spec("ingest"), StageEnv(cfg, sp, InboxScanner(sp.layout.inbox, cfg.inbox)))
     assert len(stage.candidates()) == 3
     tmp = sp.tmp_payload("raw", "job1", "wav")
     tmp.write_bytes(b"x")

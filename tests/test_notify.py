@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ttsft_daemon.notify import Notifier, watchdog_interval
+from ttsft_daemon.daemon.notify import Notifier, watchdog_interval
 
 
 class FakeSystemd:
@@ -90,7 +90,7 @@ def test_abstract_socket_address() -> None:
 def test_from_a_child_process_environment(systemd: tuple[FakeSystemd, dict[str, str]]) -> None:
     """As under systemd: the daemon process finds NOTIFY_SOCKET in its own environment."""
     fake, env = systemd
-    code = "from ttsft_daemon.notify import Notifier; n = Notifier(); assert n.ready(); assert n.watchdog()"
+    code = "from ttsft_daemon.daemon.notify import Notifier; n = Notifier(); assert n.ready(); assert n.watchdog()"
     subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True, timeout=60,
                    cwd=Path(__file__).resolve().parents[1])
     assert fake.receive() == {"READY": "1"}

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ttsft_daemon.packing import GAP_SECONDS, PackedResults, Span, layout, plan_windows, split_words
+from ttsft_daemon.text.packing import GAP_SECONDS, PackedResults, Span, layout, plan_windows, split_words
 
 
 @given(st.lists(st.floats(min_value=0.3, max_value=40.0), max_size=60), st.floats(min_value=1.0, max_value=30.0))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ttsft_daemon.demo_audio import SENTENCES, make_recording, write_media
+from ttsft_daemon.demo.audio import SENTENCES, make_recording, write_media
 
 CLI = [sys.executable, "-m", "ttsft_daemon"]
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from ttsft_daemon import demo_audio
 from ttsft_daemon.config import QualityConfig
-from ttsft_daemon.quality import (
+from ttsft_daemon.demo import audio as demo_audio
+from ttsft_daemon.text.quality import (
     QualityGate,
     QualityReport,
     is_hallucination_phrase,
@@ -22,8 +22,8 @@ from ttsft_daemon.quality import (
     measure_voicing,
     sound_annotations,
 )
-from ttsft_daemon.textnorm import normalize_for_wer
-from ttsft_daemon.transcription import Transcript, to_whisper_rate
+from ttsft_daemon.text.textnorm import normalize_for_wer
+from ttsft_daemon.text.transcription import Transcript, to_whisper_rate
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 PAD_SECONDS = 0.15

@@ -23,9 +23,7 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ttsft_daemon import demo_audio
-from ttsft_daemon.config import SegmentationConfig
-from ttsft_daemon.segmentation import (
+from ttsft_daemon.audio.segmentation import (
     SegmentationResult,
     find_segments,
     rms_envelope,
@@ -33,6 +31,8 @@ from ttsft_daemon.segmentation import (
     segment_envelope,
     speech_level,
 )
+from ttsft_daemon.config import SegmentationConfig
+from ttsft_daemon.demo import audio as demo_audio
 
 FRAME_S = 0.02
 EPS = 1e-6

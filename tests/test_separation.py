@@ -22,10 +22,10 @@ import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ttsft_daemon import demo_audio
-from ttsft_daemon import spleeter_worker as sw
+from ttsft_daemon.audio import spleeter_worker as sw
+from ttsft_daemon.audio.separation import SeparatorProcess, decode_and_separate
+from ttsft_daemon.demo import audio as demo_audio
 from ttsft_daemon.errors import RejectedInput, ShuttingDown, WorkerDied
-from ttsft_daemon.separation import SeparatorProcess, decode_and_separate
 
 REPO = Path(__file__).resolve().parents[1]
 SPLEETER_PYTHON = REPO / ".venv-spleeter" / "bin" / "python"

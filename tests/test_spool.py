@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ttsft_daemon import spool as spool_mod
-from ttsft_daemon.spool import TMP_PREFIX, Spool, atomic_write_bytes, tmp_name
+from ttsft_daemon.core import atomic as spool_mod
+from ttsft_daemon.core.spool import TMP_PREFIX, Spool, atomic_write_bytes, tmp_name
 
 
 @pytest.fixture

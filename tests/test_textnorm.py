@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ttsft_daemon.textnorm import normalize_for_tts, normalize_for_wer
+from ttsft_daemon.text.textnorm import normalize_for_tts, normalize_for_wer
 
 
 @pytest.mark.parametrize(

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from ttsft_daemon.config import TrainingConfig
+from ttsft_daemon.demo.sample_data import build_spoken_dataset
 from ttsft_daemon.errors import ConfigError, TransientError
 from ttsft_daemon.training.export import evaluate_voice, export_voice
 from ttsft_daemon.training.launcher import inspect_checkpoint as inspect_in_process
 from ttsft_daemon.training.progress import epoch_checkpoints, last_checkpoint, parse_checkpoint_name
 from ttsft_daemon.training.runner import TrainingState, read_state, train
-from ttsft_daemon.training.sample_data import build_spoken_dataset
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 

@@ -16,7 +16,7 @@ from filelock import FileLock
 
 from ttsft_daemon.config import TrainingConfig
 from ttsft_daemon.errors import TransientError
-from ttsft_daemon.training import quality
+from ttsft_daemon.training import sizes as quality
 from ttsft_daemon.training.progress import (
     CACHE_MARKER,
     ProgressFile,

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ttsft_daemon import demo_audio
 from ttsft_daemon.config import QualityConfig, TranscriptionConfig
+from ttsft_daemon.demo import audio as demo_audio
 from ttsft_daemon.errors import ConfigError, RejectedInput
-from ttsft_daemon.packing import GAP_SECONDS, plan_windows
-from ttsft_daemon.quality import QualityGate, QualityReport
-from ttsft_daemon.textnorm import normalize_for_wer
-from ttsft_daemon.transcription import (
+from ttsft_daemon.text.packing import GAP_SECONDS, plan_windows
+from ttsft_daemon.text.quality import QualityGate, QualityReport
+from ttsft_daemon.text.textnorm import normalize_for_wer
+from ttsft_daemon.text.transcription import (
     Transcriber,
     Transcript,
     cuda_available,

@@ -9,9 +9,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import __version__
-from .config import Config, load_config
-from .errors import ConfigError, TtsftError
+from ttsft_daemon import __version__
+from ttsft_daemon.config import Config, load_config
+from ttsft_daemon.errors import ConfigError, TtsftError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,8 +52,8 @@ def _load(path: Path) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    from .daemon import run_daemon
-    from .logs import configure_logging
+    from ttsft_daemon.daemon.service import run_daemon
+    from ttsft_daemon.logs import configure_logging
 
     configure_logging(config.logging.level, config.logging.format, config.logging.journal)
     return run_daemon(config, exit_when_idle=args.exit_when_idle)
@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    from .status import collect, render
+    from ttsft_daemon.status import collect, render
 
     status = collect(config)
     print(json.dumps(status, indent=2, sort_keys=True) if args.json else render(status))
@@ -75,15 +75,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from .preprocess import preprocess
+    from ttsft_daemon.preprocess import preprocess
 
     return preprocess(args.input, args.output, args.config, args.voice)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    from .logs import configure_logging
-    from .trainer import train_now
+    from ttsft_daemon.logs import configure_logging
+    from ttsft_daemon.training.scheduler import train_now
 
     configure_logging(config.logging.level, config.logging.format, config.logging.journal)
     return train_now(config, args.voice)

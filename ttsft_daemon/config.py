@@ -19,13 +19,12 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from ttsft_daemon.errors import ConfigError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = PACKAGE_DIR.parent
 
 AUDIO_EXTENSIONS = ("mp3", "mp4", "m4a", "wav", "flac", "ogg", "webm", "mkv")
-STAGES = ("ingest", "separate", "segment", "transcribe", "accept")
 
 
 def _f(default: Any, doc: str, **limits: Any) -> Any:
@@ -63,6 +62,7 @@ class WorkersConfig:
     ingest: int = _f(1, "ingest threads", min=1, max=64)
     separate: int = _f(1, "separation threads (each drives one Spleeter worker process)", min=1, max=16)
     segment: int = _f(1, "segmentation + cleaning threads", min=1, max=64)
+    speaker: int = _f(1, "speaker-selection threads (each loads the speaker encoder once)", min=1, max=64)
     transcribe: int = _f(2, "transcription threads (each loads its Whisper model once)", min=1, max=64)
     accept: int = _f(1, "dataset threads", min=1, max=16)
 
@@ -123,6 +123,33 @@ class AudioConfig:
     pad_seconds: float = _f(0.1, "silence kept at each end after trimming", min=0.0, max=1.0)
     silence_dbfs: float = _f(-70.0, "a clip whose loudest 10 ms is below this is silent and dropped",
                              min=-120.0, max=-20.0)
+
+
+@dataclass(frozen=True)
+class SpeakerConfig:
+    enabled: bool = _f(True, "keep only the target speaker's clips (false: every voice in the recordings is kept)")
+    enroll_name: str = _f("enroll", "inbox/<voice>/<enroll_name>*.<ext> is a clean sample of the target speaker "
+                          "(10 s or more): it becomes the voice's reference instead of training data")
+    min_similarity: float = _f(0.72, "a clip whose cosine similarity to the target's reference is below this is "
+                               "another speaker's (rejected as other_speaker)", min=-1.0, max=1.0)
+    cluster_similarity: float = _f(0.75, "clips this similar to a speaker's centroid join that speaker when the "
+                                   "voice's clips are clustered", min=-1.0, max=1.0)
+    min_decide_seconds: float = _f(60.0, "speech of the voice embedded before the dominant speaker is chosen "
+                                   "without an enrollment (less: clips wait, unless nothing more is coming)",
+                                   min=0.0)
+    min_share: float = _f(0.5, "the dominant speaker holds at least this share of the voice's speech", min=0.0,
+                          max=1.0)
+    min_ratio: float = _f(1.5, "and at least this many times the runner-up's speech; otherwise the voice is "
+                          "ambiguous and its clips wait for an enrollment", min=1.0)
+    min_embed_seconds: float = _f(1.0, "clips shorter than this are judged with less confidence (shorter "
+                                  "embeddings are unreliable): they need min_similarity + short_margin",
+                                  min=0.0)
+    short_margin: float = _f(0.05, "extra similarity asked of clips shorter than min_embed_seconds",
+                             min=0.0, max=1.0)
+    change_window_seconds: float = _f(1.5, "sliding window of the speaker-change check inside a clip", min=0.5)
+    change_similarity: float = _f(0.6, "windows of one clip less similar than this to each other mean the voice "
+                                  "changes inside it (split there, or rejected as mixed_speakers)", min=-1.0,
+                                  max=1.0)
 
 
 @dataclass(frozen=True)
@@ -220,6 +247,7 @@ class Config:
         default_factory=SegmentationConfig, metadata={"doc": "recursive silence segmentation"}
     )
     audio: AudioConfig = field(default_factory=AudioConfig, metadata={"doc": "per-clip cleaning"})
+    speaker: SpeakerConfig = field(default_factory=SpeakerConfig, metadata={"doc": "target speaker selection"})
     transcription: TranscriptionConfig = field(
         default_factory=TranscriptionConfig, metadata={"doc": "faster-whisper"}
     )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .spool import Spool, atomic_copy, atomic_write_bytes, atomic_write_json
+from ttsft_daemon.core.spool import Spool, atomic_copy, atomic_write_bytes, atomic_write_json
 
 METADATA = "metadata.csv"
 

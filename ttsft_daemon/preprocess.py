@@ -15,10 +15,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .config import AUDIO_EXTENSIONS, Config, config_from_dict, load_config
-from .errors import TtsftError
-from .inbox import voice_name
-from .spool import Layout, read_json
+from ttsft_daemon.config import AUDIO_EXTENSIONS, Config, config_from_dict, load_config
+from ttsft_daemon.core.inbox import voice_name
+from ttsft_daemon.core.spool import Layout, read_json
+from ttsft_daemon.errors import TtsftError
 
 
 def _inputs(path: Path) -> list[Path]:
@@ -56,8 +56,8 @@ def preprocess(input_path: Path, output: Path, config_path: Path | None, voice: 
     layout.ensure()
     for i, f in enumerate(files):
         _place(f, layout.inbox, i)
-    from .daemon import Daemon
-    from .logs import configure_logging
+    from ttsft_daemon.daemon.service import Daemon
+    from ttsft_daemon.logs import configure_logging
 
     tty = sys.stderr.isatty()
     configure_logging("warning" if tty else config.logging.level, config.logging.format, "off")
@@ -77,7 +77,7 @@ def preprocess(input_path: Path, output: Path, config_path: Path | None, voice: 
 
 
 def _progress(config: Config, n_files: int, done: threading.Event) -> None:
-    from .status import collect
+    from ttsft_daemon.status import collect
 
     while not done.wait(1.0):
         st = collect(config)["stages"]
@@ -92,7 +92,7 @@ def _progress(config: Config, n_files: int, done: threading.Event) -> None:
 
 def summarize(config: Config, elapsed: float) -> str:
     layout = Layout(config.paths.root)
-    from .dataset import summary
+    from ttsft_daemon.dataset import summary
 
     lines = [f"Output: {layout.root}"]
     kept = 0

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .dataset import summary
-from .spool import SPOOLS, Layout, Spool, atomic_write_json, read_json
+from ttsft_daemon.config import Config
+from ttsft_daemon.core.spool import SPOOLS, Layout, Spool, atomic_write_json, read_json
+from ttsft_daemon.dataset import summary
 
 DAEMON_FILE = "daemon.json"
 

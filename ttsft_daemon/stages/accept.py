@@ -6,17 +6,13 @@ from typing import Any
 
 import soundfile as sf
 
-from ..dataset import Row, add_clip
-from ..errors import RejectedInput
-from ..spool import Item
-from .base import Result, SpoolStage, StageContext, finish_if_complete
+from ttsft_daemon.core.spool import Item
+from ttsft_daemon.dataset import Row, add_clip
+from ttsft_daemon.errors import RejectedInput
+from ttsft_daemon.stages.base import Result, SpoolStage, StageContext, finish_if_complete
 
 
 class AcceptStage(SpoolStage):
-    name = "accept"
-    time_limit = 300.0
-    source = "transcribed"
-
     def process(self, item: Item, ctx: StageContext) -> Result:
         meta = item.meta()
         if meta.get("decision") != "accept":

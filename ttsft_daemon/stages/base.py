@@ -1,8 +1,9 @@
 """The one small interface every stage implements.
 
 A stage only transforms an input item into outputs: it writes output payloads to temporary names that
-`StageContext.tmp_output()` hands out and returns them with their metadata. The runner (`runner.py`) owns
-claiming, committing, the job record, retries, quarantine and removing the input.
+`StageContext.tmp_output()` hands out and returns them with their metadata. The item runner (`core/items.py`) owns
+claiming, committing, the job record, retries, quarantine and removing the input. Which spool a stage reads and
+writes, its time limit and its worker count come from its row in `pipeline.py` (`self.spec`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..config import Config
-from ..errors import ShuttingDown
-from ..spool import Item, Spool
+from ttsft_daemon.config import Config
+from ttsft_daemon.core.inbox import InboxScanner
+from ttsft_daemon.core.spool import Item, Spool
+from ttsft_daemon.errors import ShuttingDown
+from ttsft_daemon.pipeline import StageSpec
 
 JobUpdate = Callable[[dict[str, Any]], None]
 
@@ -45,6 +48,15 @@ class Result:
     log: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StageEnv:
+    """What every stage is built with (the same for all rows of the table)."""
+
+    config: Config
+    spool: Spool
+    scanner: InboxScanner
+
+
 @dataclass
 class StageContext:
     config: Config
@@ -60,9 +72,10 @@ class StageContext:
 
 
 class Stage(Protocol):
-    name: str
-    source: str  # the spool it consumes ("inbox" for ingest)
-    time_limit: float  # seconds one item may take before the watchdog considers the worker stuck
+    spec: StageSpec  # its row of the pipeline table: name, source, target, time limit
+
+    @property
+    def name(self) -> str: ...
 
     def open(self) -> None:
         """Load models once; called in the worker thread before the first item."""
@@ -80,13 +93,23 @@ class Stage(Protocol):
 class SpoolStage:
     """Defaults shared by the stages that read a spool: no model to load, candidates = the source's items."""
 
-    name = ""
-    source = ""
-    time_limit = 300.0
+    def __init__(self, spec: StageSpec, env: StageEnv) -> None:
+        self.spec = spec
+        self.env = env
+        self.config = env.config
+        self.spool = env.spool
 
-    def __init__(self, config: Config, spool: Spool) -> None:
-        self.config = config
-        self.spool = spool
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def source(self) -> str:
+        return self.spec.source
+
+    @property
+    def target(self) -> str:
+        return self.spec.target
 
     def open(self) -> None:
         pass

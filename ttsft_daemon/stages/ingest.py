@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
-from ..errors import RejectedInput, TransientError
-from ..inbox import InboxScanner
-from ..media import probe
-from ..spool import Item, Spool
-from .base import Output, Result, StageContext
+from ttsft_daemon.audio.media import probe
+from ttsft_daemon.core.spool import Item
+from ttsft_daemon.errors import RejectedInput, TransientError
+from ttsft_daemon.pipeline import StageSpec, recording_spools
+from ttsft_daemon.stages.base import Output, Result, StageContext, StageEnv
 
 _CHUNK = 1 << 20
 
@@ -27,14 +26,15 @@ def safe_ext(path: Path) -> str:
 
 
 class IngestStage:
-    name = "ingest"
-    source = "inbox"
+    def __init__(self, spec: StageSpec, env: StageEnv) -> None:
+        self.spec = spec
+        self.config = env.config
+        self.spool = env.spool
+        self.scanner = env.scanner
 
-    def __init__(self, config: Config, spool: Spool, scanner: InboxScanner) -> None:
-        self.config = config
-        self.spool = spool
-        self.scanner = scanner
-        self.time_limit = config.daemon.ffmpeg_timeout_seconds + 600
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     def open(self) -> None:
         pass
@@ -43,7 +43,8 @@ class IngestStage:
         pass
 
     def candidates(self) -> list[Item]:
-        room = self.config.daemon.max_jobs_in_flight - self.spool.count("raw") - self.spool.count("vocals")
+        in_flight = sum(self.spool.count(s) for s in recording_spools())
+        room = self.config.daemon.max_jobs_in_flight - in_flight
         return self.scanner.scan().ready[:max(0, room)]  # the bound on recordings in flight
 
     def process(self, item: Item, ctx: StageContext) -> Result:
@@ -51,7 +52,7 @@ class IngestStage:
         voice = item.id.rsplit("--", 1)[0]
         st = self._check_file(path)
         ext = safe_ext(path)
-        tmp = ctx.tmp_output("raw", f"incoming-{item.id}", ext)
+        tmp = ctx.tmp_output(self.spec.target, f"incoming-{item.id}", ext)
         try:
             sha = self._copy_and_hash(path, tmp, st, ctx)
             job_id = sha[:16]
@@ -93,10 +94,10 @@ class IngestStage:
             # created the record (by counting an attempt): the copy is in; only the record and the move remain.
             tmp.unlink(missing_ok=True)
             return Result([], update, log={**log, "resumed": True})
-        return Result([Output("raw", job_id, tmp, ext, meta)], update, log=log)
+        return Result([Output(self.spec.target, job_id, tmp, ext, meta)], update, log=log)
 
     def _copy_committed_before(self, job_id: str, job: dict[str, Any]) -> bool:
-        raw_committed = (self.spool.layout.spool("raw") / f"{job_id}.json").exists()
+        raw_committed = (self.spool.layout.spool(self.spec.target) / f"{job_id}.json").exists()
         return raw_committed or bool(job.get("separated") or job.get("failed"))
 
     # --------------------------------------------------------------------------------------------------

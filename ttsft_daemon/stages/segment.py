@@ -1,4 +1,4 @@
-"""Segment: spool/vocals/<job_id>.wav -> clean clips spool/audio/<job_id>-<start_ms>.wav (16-bit mono)."""
+"""Segment: spool/vocals/<job_id>.wav -> clean clips spool/clips/<job_id>-<start_ms>.wav (16-bit mono)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from typing import Any
 
 import soundfile as sf
 
-from ..cleaning import clean_clip, write_wav_pcm16
-from ..errors import RejectedInput
-from ..segmentation import find_segments, rms_envelope_from_file
-from ..spool import Item
-from .base import Output, Result, SpoolStage, StageContext, finish_if_complete
+from ttsft_daemon.audio.cleaning import clean_clip, write_wav_pcm16
+from ttsft_daemon.audio.segmentation import find_segments, rms_envelope_from_file
+from ttsft_daemon.core.spool import Item
+from ttsft_daemon.errors import RejectedInput
+from ttsft_daemon.stages.base import Output, Result, SpoolStage, StageContext, finish_if_complete
 
 
 def clip_id(job_id: str, start_s: float) -> str:
@@ -18,10 +18,6 @@ def clip_id(job_id: str, start_s: float) -> str:
 
 
 class SegmentStage(SpoolStage):
-    name = "segment"
-    time_limit = 3600.0
-    source = "vocals"
-
     def process(self, item: Item, ctx: StageContext) -> Result:
         meta = item.meta()
         job_id, voice = meta["job_id"], meta["voice"]
@@ -40,9 +36,9 @@ class SegmentStage(SpoolStage):
                     if clip is None:
                         continue
                     cid = clip_id(job_id, start)
-                    tmp = ctx.tmp_output("audio", cid, "wav")
+                    tmp = ctx.tmp_output(self.target, cid, "wav")
                     write_wav_pcm16(tmp, clip, audio_cfg.sample_rate)
-                    outputs.append(Output("audio", cid, tmp, "wav", {
+                    outputs.append(Output(self.target, cid, tmp, "wav", {
                         "job_id": job_id, "voice": voice, "clip_id": cid, "source_name": meta.get("source_name"),
                         "start": round(start, 3), "end": round(end, 3),
                         "duration": round(len(clip) / audio_cfg.sample_rate, 3),

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import Config
-from ..separation import SeparatorProcess, decode_and_separate
-from ..spool import Item, Spool
-from .base import Output, Result, SpoolStage, StageContext
+from ttsft_daemon.audio.separation import SeparatorProcess, decode_and_separate
+from ttsft_daemon.core.spool import Item
+from ttsft_daemon.pipeline import StageSpec
+from ttsft_daemon.stages.base import Output, Result, SpoolStage, StageContext, StageEnv
 
 
 class SeparateStage(SpoolStage):
-    name = "separate"
-    source = "raw"
-
-    def __init__(self, config: Config, spool: Spool) -> None:
-        super().__init__(config, spool)
-        self.time_limit = config.separation.timeout_seconds + config.daemon.ffmpeg_timeout_seconds
+    def __init__(self, spec: StageSpec, env: StageEnv) -> None:
+        super().__init__(spec, env)
         self._separator: SeparatorProcess | None = None
 
     def open(self) -> None:
@@ -42,7 +38,7 @@ class SeparateStage(SpoolStage):
     def process(self, item: Item, ctx: StageContext) -> Result:
         meta = item.meta()
         job_id = meta["job_id"]
-        tmp = ctx.tmp_output("vocals", job_id, "wav")
+        tmp = ctx.tmp_output(self.target, job_id, "wav")
         try:
             decode_and_separate(self._separator, item.payload, tmp, self.spool.layout.work,
                                 self.config.daemon.ffmpeg_timeout_seconds)
@@ -55,4 +51,4 @@ class SeparateStage(SpoolStage):
         def update(job: dict[str, Any]) -> None:
             job.update(separated=True, spleeter=separated)
 
-        return Result([Output("vocals", job_id, tmp, "wav", out_meta)], update, log={"spleeter": separated})
+        return Result([Output(self.target, job_id, tmp, "wav", out_meta)], update, log={"spleeter": separated})

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
-from ..errors import RejectedInput
-from ..packing import GAP_SECONDS as PACK_GAP_SECONDS
-from ..packing import PackedResults, plan_windows
-from ..quality import QualityGate
-from ..spool import Item, Spool
-from ..transcription import Transcriber, Transcript, read_mono, to_whisper_rate
-from .base import Output, Result, SpoolStage, StageContext
+from ttsft_daemon.core.spool import Item
+from ttsft_daemon.errors import RejectedInput
+from ttsft_daemon.pipeline import StageSpec
+from ttsft_daemon.stages.base import Output, Result, SpoolStage, StageContext, StageEnv
+from ttsft_daemon.text.packing import GAP_SECONDS as PACK_GAP_SECONDS
+from ttsft_daemon.text.packing import PackedResults, plan_windows
+from ttsft_daemon.text.quality import QualityGate
+from ttsft_daemon.text.transcription import Transcriber, Transcript, read_mono, to_whisper_rate
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -53,12 +53,8 @@ class Pending:
 
 
 class TranscribeStage(SpoolStage):
-    name = "transcribe"
-    source = "audio"
-    time_limit = 900.0
-
-    def __init__(self, config: Config, spool: Spool) -> None:
-        super().__init__(config, spool)
+    def __init__(self, spec: StageSpec, env: StageEnv) -> None:
+        super().__init__(spec, env)
         self._transcriber: Transcriber | None = None
         self._gate: QualityGate | None = None
 
@@ -90,7 +86,7 @@ class TranscribeStage(SpoolStage):
         report = self._gate.assess(transcript, samples, sr, group_dnsmos=packed.dnsmos if packed else None)
         report.details["transcribed"] = how
         cid = meta["clip_id"]
-        tmp = ctx.tmp_output("transcribed", cid, "wav")
+        tmp = ctx.tmp_output(self.target, cid, "wav")
         link_or_copy(item.payload, tmp)
         out_meta = {
             **meta,
@@ -111,7 +107,7 @@ class TranscribeStage(SpoolStage):
                 clips[cid] = "transcribed"
             job["transcribed_count"] = sum(1 for s in clips.values() if s != "audio")
 
-        return Result([Output("transcribed", cid, tmp, "wav", out_meta)], update,
+        return Result([Output(self.target, cid, tmp, "wav", out_meta)], update,
                       log={"decision": out_meta["decision"], "quality": out_meta["quality"],
                            "reasons": ",".join(report.reasons), "packed": how == "packed"})
 

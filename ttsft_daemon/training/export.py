@@ -16,11 +16,11 @@ import wave
 from pathlib import Path
 from typing import Any
 
-from ..config import TranscriptionConfig
-from ..errors import TransientError
-from ..logs import get_logger
-from ..spool import atomic_write_json, read_json, tmp_name
-from .progress import STATE_FILE, now_iso
+from ttsft_daemon.config import TranscriptionConfig
+from ttsft_daemon.core.spool import atomic_write_json, read_json, tmp_name
+from ttsft_daemon.errors import TransientError
+from ttsft_daemon.logs import get_logger
+from ttsft_daemon.training.progress import STATE_FILE, now_iso
 
 log = get_logger(__name__)
 
@@ -66,7 +66,7 @@ def export_voice(
 
 
 def _record_export(training_dir: Path, onnx: Path) -> None:
-    from .runner import read_state
+    from ttsft_daemon.training.runner import read_state
 
     if not (training_dir / STATE_FILE).exists():
         return
@@ -92,8 +92,8 @@ def evaluate_voice(
     """
     import jiwer
 
-    from ..textnorm import normalize_for_wer
-    from ..transcription import Transcriber
+    from ttsft_daemon.text.textnorm import normalize_for_wer
+    from ttsft_daemon.text.transcription import Transcriber
 
     meta = _export_record(onnx)
     epoch = meta.get("epoch")

@@ -42,8 +42,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 from piper.train.__main__ import VitsLightningCLI
 
-from ..spool import atomic_write_bytes, atomic_write_json, fsync_dir, read_json, tmp_name
-from .progress import (
+from ttsft_daemon.core.spool import atomic_write_bytes, atomic_write_json, fsync_dir, read_json, tmp_name
+from ttsft_daemon.training.progress import (
     CACHE_MARKER,
     ProgressFile,
     checkpoint_name,
@@ -62,7 +62,7 @@ WARMSTART_KEYS = ("warmstart_ckpt", "vocoder_warmstart_ckpt")
 
 def install_fixes() -> None:
     """Fix 1: `...monotonic_align.monotonic_align.core.maximum_path_c` resolves to the adapter in mas.py."""
-    from . import mas
+    from ttsft_daemon.training import mas
 
     package = types.ModuleType(MAS_MODULE)
     package.__path__ = []
@@ -350,7 +350,7 @@ def voice_config(ckpt: Mapping[str, Any], *, voice: str, quality: str | None, es
             phoneme_type=PhonemeType.ESPEAK,
             piper_version="1.5.0",  # what piper.train's data module writes
         ).to_dict()
-    from .quality import quality_of
+    from ttsft_daemon.training.sizes import quality_of
 
     config = json.loads(json.dumps(config))
     config.setdefault("audio", {})["quality"] = quality or meta.get("quality") or quality_of(hparams) or "medium"

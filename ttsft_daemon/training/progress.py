@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..spool import atomic_write_json, fsync_dir, read_json, tmp_name
+from ttsft_daemon.core.spool import atomic_write_json, fsync_dir, read_json, tmp_name
 
 CHECKPOINTS_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"

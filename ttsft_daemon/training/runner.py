@@ -31,12 +31,12 @@ from typing import IO, Any
 
 from filelock import FileLock, Timeout
 
-from ..config import TrainingConfig
-from ..errors import ConfigError, TransientError
-from ..logs import get_logger
-from ..spool import TMP_PREFIX, atomic_write_bytes, atomic_write_json, read_json
-from . import quality as quality_sizes
-from .progress import (
+from ttsft_daemon.config import TrainingConfig
+from ttsft_daemon.core.spool import TMP_PREFIX, atomic_write_bytes, atomic_write_json, read_json
+from ttsft_daemon.errors import ConfigError, TransientError
+from ttsft_daemon.logs import get_logger
+from ttsft_daemon.training import sizes as quality_sizes
+from ttsft_daemon.training.progress import (
     CACHE_MARKER,
     CHECKPOINTS_DIR,
     LAST_CHECKPOINT,

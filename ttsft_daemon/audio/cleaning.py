@@ -14,9 +14,9 @@ import soundfile as sf
 import soxr
 from scipy import ndimage, signal
 
-from .config import AudioConfig, SegmentationConfig
-from .segmentation import rms_envelope, speech_level
-from .spool import commit, tmp_name
+from ttsft_daemon.audio.segmentation import rms_envelope, speech_level
+from ttsft_daemon.config import AudioConfig, SegmentationConfig
+from ttsft_daemon.core.spool import commit, tmp_name
 
 DEFAULT_SILENCE_DBFS = -70.0
 

@@ -17,7 +17,7 @@ import time
 import wave
 from pathlib import Path
 
-from .config import PROJECT_DIR
+from ttsft_daemon.config import PROJECT_DIR
 
 DEMO_CONFIG = """\
 # Demo config: small CPU settings so the whole loop runs in minutes. See config.example.yaml for every key.
@@ -47,7 +47,7 @@ logging:
 
 def make_inputs(folder: Path, seed: int) -> list[Path]:
     """Two recordings (mp3, and mp4 with video) in `folder`, their ground truth (texts, pauses) beside them."""
-    from .demo_audio import SENTENCES, make_recording, write_ground_truth, write_media
+    from ttsft_daemon.demo.audio import SENTENCES, make_recording, write_ground_truth, write_media
 
     half = len(SENTENCES) // 2
     made = []

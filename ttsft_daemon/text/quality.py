@@ -64,10 +64,10 @@ from typing import Any
 import numpy as np
 import soxr
 
-from .config import QualityConfig
-from .logs import get_logger
-from .textnorm import normalize_for_tts, normalize_for_wer
-from .transcription import Transcript
+from ttsft_daemon.config import QualityConfig
+from ttsft_daemon.logs import get_logger
+from ttsft_daemon.text.textnorm import normalize_for_tts, normalize_for_wer
+from ttsft_daemon.text.transcription import Transcript
 
 log = get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """Spleeter 2-stem vocal separation served over JSON lines (runs in the Spleeter environment).
 
-Run as ``.venv-spleeter/bin/python ttsft_daemon/spleeter_worker.py MODEL_PATH``. This script imports
+Run as ``.venv-spleeter/bin/python ttsft_daemon/audio/spleeter_worker.py MODEL_PATH``. This script imports
 only the standard library, numpy and spleeter/tensorflow: never the ttsft_daemon package, whose
 environment is incompatible (see DESIGN.md).
 
@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import sys
 
-# Running this file as a script puts ttsft_daemon/ first on sys.path, where the package's modules
+# Running this file as a script puts ttsft_daemon/audio/ first on sys.path, where the package's modules
 # (config.py, errors.py ...) would shadow libraries of the same name: drop it before importing more.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import RejectedInput, TransientError
+from ttsft_daemon.errors import RejectedInput, TransientError
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import structlog
 
-from .config import InboxConfig
-from .spool import Item
+from ttsft_daemon.config import InboxConfig
+from ttsft_daemon.core.spool import Item
 
 log = structlog.get_logger("ttsft.inbox")
 

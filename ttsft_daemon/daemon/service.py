@@ -11,7 +11,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -19,24 +18,18 @@ from typing import Any
 
 import structlog
 
-from .config import STAGES, Config, load_config
-from .errors import ConfigError
-from .inbox import InboxScanner
-from .notify import Notifier
-from .runner import Backoff, ItemRunner
-from .spool import Spool
-from .stages.accept import AcceptStage
-from .stages.base import Stage
-from .stages.ingest import IngestStage
-from .status import collect, one_line, write_daemon_info
-from .trainer import TrainerWorker
+from ttsft_daemon.config import Config, load_config
+from ttsft_daemon.core.inbox import InboxScanner
+from ttsft_daemon.core.items import Backoff, ItemRunner
+from ttsft_daemon.core.spool import Spool
+from ttsft_daemon.daemon.notify import Notifier
+from ttsft_daemon.errors import ConfigError
+from ttsft_daemon.pipeline import INBOX, PIPELINE, TRAIN, StageSpec, downstream, spools_of
+from ttsft_daemon.stages.base import Stage, StageEnv
+from ttsft_daemon.status import collect, one_line, write_daemon_info
+from ttsft_daemon.training.scheduler import TrainerWorker
 
 log = structlog.get_logger("ttsft.daemon")
-
-# The spool each stage fills: committing there wakes the stage that reads it.
-DOWNSTREAM = {"ingest": "separate", "separate": "segment", "segment": "transcribe", "transcribe": "accept",
-              "accept": "train"}
-
 
 @dataclass
 class Heartbeat:
@@ -103,11 +96,11 @@ class Waker:
 
 
 class WorkerPool:
-    """`size` threads of one stage."""
+    """`size` threads of one stage (one row of the pipeline table)."""
 
-    def __init__(self, name: str, factory: Callable[[], Stage], size: int, daemon: Daemon) -> None:
-        self.name = name
-        self.factory = factory
+    def __init__(self, spec: StageSpec, size: int, daemon: Daemon) -> None:
+        self.spec = spec
+        self.name = spec.name
         self.size = size
         self.daemon = daemon
         self.stop = threading.Event()
@@ -140,14 +133,14 @@ class WorkerPool:
                     if stage is None:
                         self.stop.wait(d.config.daemon.retry_backoff_seconds or 5.0)
                         continue
-                runner = ItemRunner(stage, d.config, d.spool, self.stop, d.backoff, d.disk_full)
+                runner = ItemRunner(stage, d.config, d.spool, self.stop, d.backoff, d.disk_full, d.pipeline)
                 worked = False
                 for item in stage.candidates():
                     if self.stop.is_set():
                         break
                     with self._busy_lock:
                         self.busy += 1
-                    d.health.beat(me, busy_limit=stage.time_limit)
+                    d.health.beat(me, busy_limit=self.spec.limit(d.config))
                     try:
                         did = runner.run(item)
                     except Exception as exc:  # a bug: never let it kill the worker; the item is retried later
@@ -160,7 +153,7 @@ class WorkerPool:
                         d.health.beat(me)
                     if did:
                         worked = True
-                        d.wake(DOWNSTREAM[self.name])
+                        d.wake(downstream(self.name, d.pipeline))
                 if not worked:
                     self.waker.wait(seen, self._idle_wait())
         except Exception as exc:  # a bug in the loop itself: log loudly; the health check stops WATCHDOG=1
@@ -177,13 +170,14 @@ class WorkerPool:
         """How long an idle worker sleeps: the rescan interval, but files settling in the inbox are looked at
         again as soon as they may have settled (an inotify event only says a file changed, not that it is done)."""
         cfg = self.daemon.config.inbox
-        if self.name == "ingest" and self.daemon.scanner.pending:
+        if self.spec.source == INBOX and self.daemon.scanner.pending:
             return min(cfg.rescan_seconds, max(0.1, cfg.settle_seconds / 4))
         return cfg.rescan_seconds
 
     def _open(self, me: str) -> Stage | None:
         try:
-            stage = self.factory()
+            d = self.daemon
+            stage = self.spec.build(StageEnv(d.config, d.spool, d.scanner))
             started = time.monotonic()
             stage.open()
             log.info("stage ready", stage=self.name, worker=me, duration_s=round(time.monotonic() - started, 3))
@@ -201,11 +195,13 @@ class WorkerPool:
 
 
 class Daemon:
-    def __init__(self, config: Config, exit_when_idle: bool = False, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: Config, exit_when_idle: bool = False, notifier: Notifier | None = None,
+                 pipeline: tuple[StageSpec, ...] = PIPELINE) -> None:
         self.config = config
         self.exit_when_idle = exit_when_idle
         self.notifier = notifier or Notifier()
-        self.spool = Spool(config.paths.root)
+        self.pipeline = pipeline
+        self.spool = Spool(config.paths.root, spools_of(pipeline))
         self.backoff = Backoff()
         self.disk_full = threading.Event()
         self.health = Health(config.daemon.heartbeat_timeout_seconds)
@@ -230,26 +226,11 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_hup)
 
     # ---------------------------------------------------------------------------------------- pools
-    def _factories(self) -> dict[str, Callable[[], Stage]]:
-        from .stages.segment import SegmentStage
-        from .stages.separate import SeparateStage
-        from .stages.transcribe import TranscribeStage
-
-        c, s = self.config, self.spool
-        return {
-            "ingest": lambda: IngestStage(c, s, self.scanner),
-            "separate": lambda: SeparateStage(c, s),
-            "segment": lambda: SegmentStage(c, s),
-            "transcribe": lambda: TranscribeStage(c, s),
-            "accept": lambda: AcceptStage(c, s),
-        }
-
     def start_workers(self) -> None:
-        factories = self._factories()
         sizes = self.config.daemon.workers
-        for name in STAGES:
-            pool = WorkerPool(name, factories[name], getattr(sizes, name), self)
-            self.pools[name] = pool
+        for spec in self.pipeline:
+            pool = WorkerPool(spec, getattr(sizes, spec.name, 1), self)
+            self.pools[spec.name] = pool
             pool.start()
         self.trainer = TrainerWorker(self.config, self.spool, self.health, exit_when_idle=self.exit_when_idle,
                                      data_busy=self.data_busy)
@@ -270,7 +251,7 @@ class Daemon:
         self.trainer = None
 
     def wake(self, stage: str) -> None:
-        if stage == "train":
+        if stage == TRAIN:
             if self.trainer is not None:
                 self.trainer.wake.set()
         elif stage in self.pools:
@@ -356,7 +337,8 @@ class Daemon:
         return self.exit_code
 
     def _has_work_for(self, stages: list[str]) -> bool:
-        return any(self.spool.count(_source_of(s)) > 0 for s in stages if _source_of(s) != "inbox")
+        sources = [p.spec.source for name, p in self.pools.items() if name in stages]
+        return any(self.spool.count(s) > 0 for s in sources if s != INBOX)
 
     def data_busy(self) -> bool:
         """Whether any data stage has work now or coming (settling inbox files included)."""
@@ -365,7 +347,7 @@ class Daemon:
         scan = self.scanner.scan()
         if scan.ready or scan.pending:
             return True
-        return any(self.spool.count(s) > 0 for s in ("raw", "vocals", "audio", "transcribed"))
+        return any(self.spool.count(s) > 0 for s in spools_of(self.pipeline))
 
     def is_idle(self) -> bool:
         if self.trainer is not None and (self.trainer.busy or self.trainer.due_voices()):
@@ -385,13 +367,13 @@ class Daemon:
             self.notifier.ready(status="reload refused: invalid config")
             return
         log.info("reloading configuration", source=str(source))
-        from .logs import configure_logging
+        from ttsft_daemon.logs import configure_logging
 
         configure_logging(new.logging.level, new.logging.format, new.logging.journal)
         self.stop_workers(timeout=60.0)
         self.stop_observer()
         self.config = new
-        self.spool = Spool(new.paths.root)
+        self.spool = Spool(new.paths.root, spools_of(self.pipeline))
         self.spool.layout.ensure()
         self.scanner = InboxScanner(self.spool.layout.inbox, new.inbox)
         self.health = Health(new.daemon.heartbeat_timeout_seconds)
@@ -412,11 +394,6 @@ class Daemon:
             })
         except OSError as exc:
             log.warning("cannot publish status", error=str(exc))
-
-
-def _source_of(stage: str) -> str:
-    return {"ingest": "inbox", "separate": "raw", "segment": "vocals", "transcribe": "audio",
-            "accept": "transcribed"}[stage]
 
 
 def run_daemon(config: Config, exit_when_idle: bool) -> int:

@@ -13,7 +13,7 @@ import socket
 import time
 from collections.abc import Mapping
 
-from .logs import get_logger
+from ttsft_daemon.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -23,8 +23,8 @@ from typing import IO, Any
 
 import structlog
 
-from . import media
-from .errors import RejectedInput, ShuttingDown, TransientError, WorkerDied
+from ttsft_daemon.audio import media
+from ttsft_daemon.errors import RejectedInput, ShuttingDown, TransientError, WorkerDied
 
 log = structlog.get_logger("ttsft.separation")
 

@@ -19,10 +19,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from . import packing
-from .config import TranscriptionConfig
-from .errors import ConfigError, RejectedInput
-from .logs import get_logger
+from ttsft_daemon.config import TranscriptionConfig
+from ttsft_daemon.errors import ConfigError, RejectedInput
+from ttsft_daemon.logs import get_logger
+from ttsft_daemon.text import packing
 
 log = get_logger(__name__)
 

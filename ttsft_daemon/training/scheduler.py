@@ -15,10 +15,10 @@ from typing import Any
 
 import structlog
 
-from .config import Config
-from .dataset import summary
-from .errors import TransientError
-from .spool import Layout, Spool, read_json
+from ttsft_daemon.config import Config
+from ttsft_daemon.core.spool import Layout, Spool, read_json
+from ttsft_daemon.dataset import summary
+from ttsft_daemon.errors import TransientError
 
 log = structlog.get_logger("ttsft.trainer")
 
@@ -63,8 +63,8 @@ def due(config: Config, layout: Layout, voice: str, force: bool = False) -> int 
 
 def train_voice(config: Config, spool: Spool, voice: str, target: int, stop: threading.Event) -> bool:
     """Train `voice` up to `target` epochs, then export and evaluate. True when the run finished."""
-    from .training.export import evaluate_voice, export_voice
-    from .training.runner import train
+    from ttsft_daemon.training.export import evaluate_voice, export_voice
+    from ttsft_daemon.training.runner import train
 
     layout = spool.layout
     tdir = layout.training(voice)

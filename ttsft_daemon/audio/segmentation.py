@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .config import SegmentationConfig
+from ttsft_daemon.config import SegmentationConfig
 
 # Frames quieter than this fraction of the loudest frame do not count towards the speech level.
 _LEVEL_FLOOR_FRACTION = 0.01

@@ -22,8 +22,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from . import config
-from .spool import commit
+from ttsft_daemon import config
+from ttsft_daemon.core.spool import commit
 
 SENTENCES: list[str] = [
     "The quick brown fox jumps over the lazy dog.",

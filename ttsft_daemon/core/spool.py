@@ -18,12 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
-import secrets
-import shutil
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,137 +27,25 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-SPOOLS = ("raw", "vocals", "audio", "transcribed")
-TMP_PREFIX = ".tmp."
-_HOST = socket.gethostname().replace(".", "_")
+from ttsft_daemon.core.atomic import (
+    _HOST,
+    TMP_PREFIX,
+    _fault_point,
+    _start_time,
+    atomic_copy,
+    atomic_write_bytes,
+    atomic_write_json,
+    commit,
+    fsync_dir,
+    read_json,
+    remove,
+    short_name,
+    tmp_name,
+)
+from ttsft_daemon.pipeline import SPOOLS
 
-# ------------------------------------------------------------------------------------------ fault injection
-# Tests make the N-th file operation fail (ENOSPC) or kill the process there, to sweep crash points.
-_fault_lock = threading.Lock()
-_fault_count = 0
-_fault_at = int(os.environ.get("TTSFT_FAULT_AT", "0") or 0)
-_fault_mode = os.environ.get("TTSFT_FAULT_MODE", "exit")  # "exit" (os._exit) or "enospc"
-
-
-def _fault_point(op: str) -> None:
-    global _fault_count
-    if not _fault_at:
-        return
-    with _fault_lock:
-        _fault_count += 1
-        hit = _fault_count == _fault_at
-    if hit:
-        if _fault_mode == "enospc":
-            raise OSError(errno.ENOSPC, f"injected: no space left on device ({op})")
-        os._exit(77)
-
-
-def set_fault(at: int, mode: str = "exit") -> None:
-    """Arm fault injection in this process (tests): the `at`-th file operation from now fails."""
-    global _fault_at, _fault_mode, _fault_count
-    with _fault_lock:
-        _fault_at, _fault_mode, _fault_count = at, mode, 0
-
-
-# ------------------------------------------------------------------------------------------ primitives
-
-
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (clock ticks since boot): with the pid, it names a process uniquely."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[-1].split()[19]
-
-
-def _owner_tag() -> str:
-    pid = os.getpid()
-    return f"{pid}-{_start_time(pid) or 0}"
-
-
-def tmp_name(dest: Path) -> Path:
-    """A temporary sibling of `dest`, invisible to scanners, traceable to this host and process."""
-    return dest.parent / f"{TMP_PREFIX}{_HOST}.{_owner_tag()}.{secrets.token_hex(4)}.{_short_name(dest.name)}"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def commit(tmp: Path, dest: Path) -> None:
-    """fsync `tmp`, rename it over `dest`, fsync the folder."""
-    _fault_point(f"commit {dest.name}")
-    fsync_file(tmp)
-    os.replace(tmp, dest)
-    fsync_dir(dest.parent)
-
-
-def atomic_write_bytes(dest: Path, data: bytes) -> None:
-    _fault_point(f"write {dest.name}")
-    tmp = tmp_name(dest)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(dest.parent)
-
-
-def atomic_write_json(dest: Path, obj: Any) -> None:
-    atomic_write_bytes(dest, (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
-
-
-def atomic_copy(src: Path, dest: Path) -> None:
-    """Copy `src` to `dest` through a temporary name (never follows a symlink at `src`)."""
-    _fault_point(f"copy {dest.name}")
-    tmp = tmp_name(dest)
-    try:
-        with open(src, "rb", opener=_nofollow_opener) as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(dest.parent)
-
-
-def _nofollow_opener(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object at `path`, or None if it is absent or unreadable."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def remove(path: Path) -> None:
-    _fault_point(f"remove {path.name}")
-    path.unlink(missing_ok=True)
-
-
+__all__ = ["SPOOLS", "TMP_PREFIX", "Claim", "Item", "Layout", "Spool", "atomic_copy", "atomic_write_bytes",
+           "atomic_write_json", "commit", "fsync_dir", "read_json", "remove", "tmp_name"]
 # ------------------------------------------------------------------------------------------ layout
 
 
@@ -171,6 +54,7 @@ class Layout:
     """The state layout of DESIGN.md under one root."""
 
     root: Path
+    spools: tuple[str, ...] = SPOOLS
 
     @property
     def inbox(self) -> Path:
@@ -211,7 +95,7 @@ class Layout:
         return self.root / "work"
 
     def ensure(self) -> None:
-        for d in (self.inbox, *(self.spool(s) for s in SPOOLS), self.datasets, self.trainings,
+        for d in (self.inbox, *(self.spool(s) for s in self.spools), self.datasets, self.trainings,
                   self.checkpoints, self.failed, self.locks, self.work):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -253,8 +137,8 @@ class Claim:
 class Spool:
     """The spools, the job records and the quarantine of one state root."""
 
-    def __init__(self, root: Path) -> None:
-        self.layout = Layout(root)
+    def __init__(self, root: Path, spools: tuple[str, ...] = SPOOLS) -> None:
+        self.layout = Layout(root, spools)
 
     # ---------------------------------------------------------------- listing
     def items(self, spool: str) -> list[Item]:
@@ -356,7 +240,7 @@ class Spool:
         if pending is not None:
             error_file, report = pending
         else:
-            base = _unique_name(failed, _short_name(files[0].name))
+            base = _unique_name(failed, short_name(files[0].name))
             plan = [{"from": f.name, "name": base if i == 0 else f"{base}.{f.name.rsplit('.', 1)[-1]}"}
                     for i, f in enumerate(files)]
             report = {"stage": stage, "reason": reason, "detail": detail, "time": time.time(),
@@ -446,7 +330,7 @@ class Spool:
         return settled
 
     def _spool_dirs(self) -> list[Path]:
-        return [self.layout.spool(s) for s in SPOOLS if self.layout.spool(s).exists()]
+        return [self.layout.spool(s) for s in self.layout.spools if self.layout.spool(s).exists()]
 
     # ---------------------------------------------------------------- recovery
     def cleanup_temporaries(self, max_age_seconds: float = 24 * 3600) -> int:
@@ -486,18 +370,6 @@ def new_job(job_id: str) -> dict[str, Any]:
         "training": {"epoch": 0, "last_checkpoint": None},
         "created": time.time(),
     }
-
-
-def _short_name(name: str, limit: int = 150) -> str:
-    """`name`, shortened (keeping its extension, adding a hash) so that every name derived from it fits NAME_MAX."""
-    raw = name.encode("utf-8", "surrogateescape")
-    if len(raw) <= limit:
-        return name
-    _stem, dot, ext = name.rpartition(".")
-    ext = ext if dot and len(ext.encode()) <= 10 else ""
-    digest = hashlib.sha256(raw).hexdigest()[:12]
-    keep = raw[: limit - 24].decode("utf-8", "ignore")
-    return f"{keep}~{digest}" + (f".{ext}" if ext else "")
 
 
 def _unique_name(folder: Path, name: str) -> str:

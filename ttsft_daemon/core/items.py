@@ -23,17 +23,16 @@ from typing import Any
 
 import structlog
 
-from .config import Config
-from .errors import RejectedInput, ShuttingDown
-from .spool import Item, Spool, remove
-from .stages.base import Result, Stage, StageContext, finish_if_complete
+from ttsft_daemon.config import Config
+from ttsft_daemon.core.spool import Item, Spool, remove
+from ttsft_daemon.errors import RejectedInput, ShuttingDown
+from ttsft_daemon.pipeline import PIPELINE, StageSpec, consumer_of
+from ttsft_daemon.stages.base import Result, Stage, StageContext, finish_if_complete
 
 log = structlog.get_logger("ttsft.runner")
 
 # Consecutive disk-full failures of one item double its wait up to this many times (then it stays there).
 DISK_FULL_MAX_DOUBLINGS = 4
-# The stage that consumes each spool (its claim key is "<stage>-<item id>", see ItemRunner.key).
-CONSUMER = {"raw": "separate", "vocals": "segment", "audio": "transcribe", "transcribed": "accept"}
 CONSUMER_WAIT_SECONDS = 3600.0
 # A failure while the state root's filesystem has less free space than this counts as disk full, whatever the
 # exception says: some libraries lose the errno (libsndfile reports a full disk as "System error.").
@@ -93,16 +92,13 @@ class Backoff:
             self._disk_full_streak[key] = streak + 1
         return float(base * 2 ** min(streak, DISK_FULL_MAX_DOUBLINGS))
 
-    def pending(self) -> int:
-        now = time.monotonic()
-        with self._lock:
-            return sum(1 for t in self._next.values() if t > now)
 
 
 class ItemRunner:
     def __init__(self, stage: Stage, config: Config, spool: Spool, stop: threading.Event, backoff: Backoff,
-                 disk_full: threading.Event | None = None) -> None:
+                 disk_full: threading.Event | None = None, pipeline: tuple[StageSpec, ...] = PIPELINE) -> None:
         self.stage = stage
+        self.pipeline = pipeline
         self.config = config
         self.spool = spool
         self.stop = stop
@@ -186,7 +182,8 @@ class ItemRunner:
         for o in result.outputs:
             # A redo after a crash may recommit an item that the next stage is removing right now: the commit
             # waits for that stage's claim, or the two could interleave into a lone payload or sidecar.
-            with self.spool.locked(f"{CONSUMER[o.spool]}-{o.item_id}", timeout=CONSUMER_WAIT_SECONDS):
+            consumer = consumer_of(o.spool, self.pipeline)
+            with self.spool.locked(f"{consumer}-{o.item_id}", timeout=CONSUMER_WAIT_SECONDS):
                 self.spool.commit_item(o.spool, o.item_id, o.payload_tmp, o.ext, o.meta)
             # rename(2) does nothing when both names are hard links to one file (a redo of a step whose output
             # is a link of its input, after a crash): the temporary name would then stay behind.

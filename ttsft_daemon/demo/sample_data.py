@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..spool import atomic_write_bytes, tmp_name
+from ttsft_daemon.core.spool import atomic_write_bytes, tmp_name
 
 _SUBJECTS = ["The old farmer", "A young teacher", "My brother", "The tired pilot", "Our neighbour",
              "The quiet student", "A clever engineer", "The busy doctor", "Her grandmother", "The new captain"]
@@ -38,7 +38,7 @@ def build_spoken_dataset(
     dataset_dir: Path, count: int, speaker: str = "joe", voice_path: Path | None = None, batch: int = 16
 ) -> float:
     """Speak `count` sentences with the bundled Piper voice into `dataset_dir`; returns seconds of speech."""
-    from ..demo_audio import speak
+    from ttsft_daemon.demo.audio import speak
 
     wavs = dataset_dir / "wavs"
     wavs.mkdir(parents=True, exist_ok=True)
