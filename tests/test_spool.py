@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from ttsft_daemon.core import atomic as spool_mod
-from ttsft_daemon.core.spool import TMP_PREFIX, Spool, atomic_write_bytes, tmp_name
+from ttsft_daemon.core.jobs import JobRecord
+from ttsft_daemon.core.spool import TMP_PREFIX, Spool, atomic_write_bytes, atomic_write_json, tmp_name
 
 
 @pytest.fixture
@@ -85,14 +86,15 @@ def test_claims_exclude_other_processes_and_threads(sp: Spool) -> None:
 def test_update_job_is_serialised_across_threads(sp: Spool) -> None:
     def bump() -> None:
         for _ in range(25):
-            sp.update_job("j", lambda job: job.__setitem__("n", job.get("n", 0) + 1))
+            sp.update_job("j", lambda job: setattr(job, "segments_saved", job.segments_saved + 1))
 
     threads = [threading.Thread(target=bump) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sp.read_job("j")["n"] == 100  # type: ignore[index]
+    job = sp.read_job("j")
+    assert job is not None and job.segments_saved == 100
 
 
 def test_quarantine_moves_files_and_writes_reason(sp: Spool) -> None:
@@ -161,14 +163,28 @@ def test_atomic_write_never_leaves_a_partial_file(sp: Spool) -> None:
 
 def test_a_job_is_finished_by_whichever_update_comes_last() -> None:
     # A segment step redone after a failed job write (full disk) can be recorded after its clips were accepted.
-    from ttsft_daemon.stages.base import finish_if_complete
+    job = JobRecord("j", clips={"a": "accepted", "b": "rejected"}, segmented=False)
+    job.finish_if_complete()
+    assert not job.manifest_created
+    job.segmented = True
+    job.finish_if_complete()
+    assert job.manifest_created
+    waiting = JobRecord("w", clips={"a": "accepted", "b": "transcribed"}, segmented=True)
+    waiting.finish_if_complete()
+    assert not waiting.manifest_created
 
-    job: dict[str, object] = {"clips": {"a": "accepted", "b": "rejected"}, "segmented": False}
-    finish_if_complete(job)
-    assert "manifest_created" not in job
-    job["segmented"] = True
-    finish_if_complete(job)
-    assert job["manifest_created"] is True
-    waiting: dict[str, object] = {"clips": {"a": "accepted", "b": "transcribed"}, "segmented": True}
-    finish_if_complete(waiting)
-    assert "manifest_created" not in waiting
+
+def test_a_job_record_of_the_previous_release_loads_and_keeps_unknown_keys(sp: Spool) -> None:
+    old = {"job_id": "0123456789abcdef", "ingested": True, "separated": True, "segmented": True, "segments_saved": 2,
+           "transcribed_count": 1, "accepted_count": 0, "rejected_count": 0, "manifest_created": False,
+           "clips": {"0123456789abcdef-000000000": "audio", "0123456789abcdef-000004000": "transcribed"},
+           "attempts": {"transcribe-x": {"count": 1, "last_error": "boom"}}, "done": {"segment-y": True},
+           "training": {"epoch": 0, "last_checkpoint": None}, "created": 1.0, "updated": 2.0, "voice": "anna",
+           "source": {"name": "a.mp3"}, "duration": 12.5, "spleeter": True, "a_future_key": [1, 2]}
+    atomic_write_json(sp.job_path("0123456789abcdef"), old)
+    job = sp.read_job("0123456789abcdef")
+    assert job is not None and job.schema == 1 and job.voice == "anna" and job.last_error("transcribe-x") == "boom"
+    sp.update_job(job.job_id, lambda j: j.set_clip("0123456789abcdef-000000000", "accepted"))
+    saved = json.loads(sp.job_path(job.job_id).read_text())
+    assert saved["schema"] == 2 and saved["a_future_key"] == [1, 2] and saved["accepted_count"] == 1
+    assert {k for k in old if k != "updated"} <= set(saved)

@@ -24,10 +24,11 @@ from typing import Any
 import structlog
 
 from ttsft_daemon.config import Config
+from ttsft_daemon.core.jobs import CLIP_REJECTED, JobRecord
 from ttsft_daemon.core.spool import Item, Spool, remove
 from ttsft_daemon.errors import RejectedInput, ShuttingDown
-from ttsft_daemon.pipeline import PIPELINE, StageSpec, consumer_of
-from ttsft_daemon.stages.base import Result, Stage, StageContext, finish_if_complete
+from ttsft_daemon.pipeline import INBOX, PIPELINE, StageSpec, consumer_of
+from ttsft_daemon.stages.base import Result, Stage, StageContext
 
 log = structlog.get_logger("ttsft.runner")
 
@@ -190,17 +191,17 @@ class ItemRunner:
             o.payload_tmp.unlink(missing_ok=True)
         job_id = job_id or str(result.log.get("job_id", ""))
         if job_id:
-            def change(job: dict[str, Any]) -> None:
+            def change(job: JobRecord) -> None:
                 if result.job_update is not None:
                     result.job_update(job)
-                job.get("attempts", {}).pop(key, None)
-                if item.spool != "inbox":
-                    job.setdefault("done", {})[key] = True
+                job.attempts.pop(key, None)
+                if item.spool != INBOX:
+                    job.done[key] = True
 
             self.spool.update_job(job_id, change)
         if item.spool == "inbox":
             self.backoff.forget_inbox_attempts(key)
-            remove(item.payload)
+            result.remove_input() if result.remove_input is not None else remove(item.payload)
         else:
             self.spool.remove_item(item)
 
@@ -258,8 +259,7 @@ class ItemRunner:
         self.backoff.delay(key, delay)
         if job_id:
             try:
-                self.spool.update_job(job_id, lambda job: job.setdefault("attempts", {}).setdefault(
-                    key, {"count": attempt}).update(last_error=summary, time=time.time()))
+                self.spool.update_job(job_id, lambda job: job.note_failure(key, attempt, summary))
             except OSError:
                 pass  # the disk may still be full: the in-memory back-off is enough for now
         tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
@@ -273,12 +273,8 @@ class ItemRunner:
             return self.backoff.count_inbox_attempt(key)
         counted = {"n": 0}
 
-        def change(job: dict[str, Any]) -> None:
-            if key in job.get("done", {}):
-                return
-            entry = job.setdefault("attempts", {}).setdefault(key, {"count": 0})
-            entry["count"] = int(entry.get("count", 0)) + 1
-            counted["n"] = entry["count"]
+        def change(job: JobRecord) -> None:
+            counted["n"] = job.count_attempt(key)
 
         self.spool.update_job(job_id, change)
         return counted["n"]
@@ -288,17 +284,11 @@ class ItemRunner:
             self.backoff.count_inbox_attempt(key, -1)
             return
 
-        def change(job: dict[str, Any]) -> None:
-            entry = job.get("attempts", {}).get(key)
-            if entry:
-                entry["count"] = max(0, int(entry.get("count", 1)) - 1)
-
-        self.spool.update_job(job_id, change)
+        self.spool.update_job(job_id, lambda job: job.uncount_attempt(key))
 
     def _last_error(self, job_id: str, key: str) -> str:
         job = self.spool.read_job(job_id) if job_id else None
-        entry = (job or {}).get("attempts", {}).get(key) or {}
-        return str(entry.get("last_error", "the process was killed while working on it"))
+        return job.last_error(key) if job else JobRecord(job_id).last_error(key)
 
 
 def _present(item: Item) -> bool:
@@ -306,15 +296,12 @@ def _present(item: Item) -> bool:
     return os.path.lexists(item.payload) if item.spool == "inbox" else item.exists()
 
 
-def _record_rejection(clip: Any, stage: str, reason: str, key: str) -> Callable[[dict[str, Any]], None]:
-    def change(job: dict[str, Any]) -> None:
+def _record_rejection(clip: Any, stage: str, reason: str, key: str) -> Callable[[JobRecord], None]:
+    def change(job: JobRecord) -> None:
         if clip:
-            clips = job.setdefault("clips", {})
-            clips[clip] = "rejected"
-            job["rejected_count"] = sum(1 for s in clips.values() if s == "rejected")
-            finish_if_complete(job)  # its last clip was rejected: the job is finished all the same
+            job.set_clip(str(clip), CLIP_REJECTED)  # its last clip rejected: the job is finished all the same
         else:
-            job["failed"] = {"stage": stage, "reason": reason}
-        job.get("attempts", {}).pop(key, None)
+            job.failed = {"stage": stage, "reason": reason}
+        job.attempts.pop(key, None)
 
     return change

@@ -42,6 +42,7 @@ from ttsft_daemon.core.atomic import (
     short_name,
     tmp_name,
 )
+from ttsft_daemon.core.jobs import JobRecord
 from ttsft_daemon.pipeline import SPOOLS
 
 __all__ = ["SPOOLS", "TMP_PREFIX", "Claim", "Item", "Layout", "Spool", "atomic_copy", "atomic_write_bytes",
@@ -207,23 +208,24 @@ class Spool:
     def job_path(self, job_id: str) -> Path:
         return self.layout.checkpoints / f"{job_id}.json"
 
-    def read_job(self, job_id: str) -> dict[str, Any] | None:
-        return read_json(self.job_path(job_id))
+    def read_job(self, job_id: str) -> JobRecord | None:
+        data = read_json(self.job_path(job_id))
+        return JobRecord.from_json(data) if data is not None else None
 
-    def update_job(self, job_id: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    def update_job(self, job_id: str, change: Callable[[JobRecord], None]) -> JobRecord:
         """Read-modify-write of a job record under its lock."""
         with self.locked(f"job-{job_id}"):
-            job = self.read_job(job_id) or new_job(job_id)
+            job = self.read_job(job_id) or JobRecord(job_id)
             change(job)
-            job["updated"] = time.time()
-            atomic_write_json(self.job_path(job_id), job)
+            job.updated = time.time()
+            atomic_write_json(self.job_path(job_id), job.to_json())
             return job
 
-    def jobs(self) -> Iterator[dict[str, Any]]:
+    def jobs(self) -> Iterator[JobRecord]:
         for p in sorted(self.layout.checkpoints.glob("*.json")):
-            job = read_json(p)
-            if job is not None:
-                yield job
+            data = read_json(p)
+            if data is not None:
+                yield JobRecord.from_json(data)
 
     # ---------------------------------------------------------------- quarantine
     def quarantine(self, files: list[Path], stage: str, reason: str, detail: str = "",
@@ -352,24 +354,6 @@ class Spool:
         for top in (lay.root / "spool", lay.datasets, lay.checkpoints, lay.failed, lay.work, lay.trainings):
             for dirpath, _dirs, files in os.walk(top):
                 yield from (Path(dirpath) / n for n in files if n.startswith(TMP_PREFIX))
-
-
-def new_job(job_id: str) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "ingested": False,
-        "separated": False,
-        "segmented": False,
-        "segments_saved": 0,
-        "transcribed_count": 0,
-        "accepted_count": 0,
-        "rejected_count": 0,
-        "manifest_created": False,
-        "clips": {},
-        "attempts": {},
-        "training": {"epoch": 0, "last_checkpoint": None},
-        "created": time.time(),
-    }
 
 
 def _unique_name(folder: Path, name: str) -> str:

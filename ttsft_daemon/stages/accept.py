@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import soundfile as sf
 
+from ttsft_daemon.core.jobs import CLIP_ACCEPTED, JobRecord
 from ttsft_daemon.core.spool import Item
 from ttsft_daemon.dataset import Row, add_clip
 from ttsft_daemon.errors import RejectedInput
-from ttsft_daemon.stages.base import Result, SpoolStage, StageContext, finish_if_complete
+from ttsft_daemon.stages.base import Result, SpoolStage, StageContext
 
 
 class AcceptStage(SpoolStage):
@@ -24,12 +23,8 @@ class AcceptStage(SpoolStage):
                   self.config.dataset.speaker or voice, float(meta.get("quality", 0.0)))
         added = add_clip(self.spool, voice, item.payload, row, info=meta)
 
-        def update(job: dict[str, Any]) -> None:
-            clips = job.setdefault("clips", {})
-            clips[cid] = "accepted"
-            job["accepted_count"] = sum(1 for s in clips.values() if s == "accepted")
-            job["rejected_count"] = sum(1 for s in clips.values() if s == "rejected")
-            finish_if_complete(job)
+        def update(job: JobRecord) -> None:
+            job.set_clip(cid, CLIP_ACCEPTED)
 
         return Result([], update, log={"added": added, "seconds": row.duration})
 

@@ -16,20 +16,12 @@ from typing import Any, Protocol
 
 from ttsft_daemon.config import Config
 from ttsft_daemon.core.inbox import InboxScanner
+from ttsft_daemon.core.jobs import JobRecord
 from ttsft_daemon.core.spool import Item, Spool
 from ttsft_daemon.errors import ShuttingDown
 from ttsft_daemon.pipeline import StageSpec
 
-JobUpdate = Callable[[dict[str, Any]], None]
-
-
-def finish_if_complete(job: dict[str, Any]) -> None:
-    """Mark the job finished once it is segmented and every clip is accepted or rejected. Called by every update
-    that can be the last: a segment step redone after a failed job write (a full disk) may be recorded after its
-    clips were already accepted."""
-    clips = job.get("clips", {})
-    if job.get("segmented") and all(s in ("accepted", "rejected") for s in clips.values()):
-        job["manifest_created"] = True
+JobUpdate = Callable[[JobRecord], None]
 
 
 @dataclass
@@ -46,6 +38,9 @@ class Result:
     outputs: list[Output] = field(default_factory=list)
     job_update: JobUpdate | None = None
     log: dict[str, Any] = field(default_factory=dict)
+    # Removes the input once the outputs and the job are committed (default: the runner removes it by path).
+    # Ingest sets it: the inbox file is removed only while it is still the file that was read.
+    remove_input: Callable[[], object] | None = None
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import soundfile as sf
 
 from ttsft_daemon.audio.cleaning import clean_clip, write_wav_pcm16
 from ttsft_daemon.audio.segmentation import find_segments, rms_envelope_from_file
+from ttsft_daemon.core.jobs import JobRecord
 from ttsft_daemon.core.spool import Item
 from ttsft_daemon.errors import RejectedInput
-from ttsft_daemon.stages.base import Output, Result, SpoolStage, StageContext, finish_if_complete
+from ttsft_daemon.stages.base import Output, Result, SpoolStage, StageContext
 
 
 def clip_id(job_id: str, start_s: float) -> str:
@@ -52,12 +51,11 @@ class SegmentStage(SpoolStage):
             raise RejectedInput("no speech found", "segmentation found no voiced segment of usable length")
         ids = [o.item_id for o in outputs]
 
-        def update(job: dict[str, Any]) -> None:
-            clips = job.setdefault("clips", {})
+        def update(job: JobRecord) -> None:
             for cid in ids:
-                clips.setdefault(cid, "audio")
-            job.update(segmented=True, segments_saved=len(ids))
-            finish_if_complete(job)
+                job.clips.setdefault(cid, self.target)
+            job.segmented, job.segments_saved = True, len(ids)
+            job.recount()
 
         speech_s = sum(o.meta["duration"] for o in outputs)
         return Result(outputs, update, log={"clips": len(ids), "speech_s": round(speech_s, 1)})

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ttsft_daemon.audio.separation import SeparatorProcess, decode_and_separate
+from ttsft_daemon.core.jobs import JobRecord
 from ttsft_daemon.core.spool import Item
 from ttsft_daemon.pipeline import StageSpec
 from ttsft_daemon.stages.base import Output, Result, SpoolStage, StageContext, StageEnv
@@ -48,7 +47,7 @@ class SeparateStage(SpoolStage):
         separated = self._separator is not None
         out_meta = {**meta, "separated": separated}
 
-        def update(job: dict[str, Any]) -> None:
-            job.update(separated=True, spleeter=separated)
+        def update(job: JobRecord) -> None:
+            job.separated, job.spleeter = True, separated
 
         return Result([Output(self.target, job_id, tmp, "wav", out_meta)], update, log={"spleeter": separated})

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ttsft_daemon.core.jobs import CLIP_TRANSCRIBED, CLIP_WAITING, JobRecord
 from ttsft_daemon.core.spool import Item
 from ttsft_daemon.errors import RejectedInput
 from ttsft_daemon.pipeline import StageSpec
@@ -101,11 +102,9 @@ class TranscribeStage(SpoolStage):
             "quality_report": report.to_dict(),
         }
 
-        def update(job: dict[str, Any]) -> None:
-            clips = job.setdefault("clips", {})
-            if clips.get(cid) in (None, "audio"):
-                clips[cid] = "transcribed"
-            job["transcribed_count"] = sum(1 for s in clips.values() if s != "audio")
+        def update(job: JobRecord) -> None:
+            if job.clips.get(cid) in (None, *CLIP_WAITING):
+                job.set_clip(cid, CLIP_TRANSCRIBED)
 
         return Result([Output(self.target, cid, tmp, "wav", out_meta)], update,
                       log={"decision": out_meta["decision"], "quality": out_meta["quality"],

@@ -16,13 +16,27 @@ from typing import Any
 import structlog
 
 from ttsft_daemon.config import Config
-from ttsft_daemon.core.spool import Layout, Spool, read_json
+from ttsft_daemon.core.spool import Layout, Spool, atomic_write_json, read_json
 from ttsft_daemon.dataset import summary
 from ttsft_daemon.errors import TransientError
 
 log = structlog.get_logger("ttsft.trainer")
 
 TRAINER_THREAD = "ttsft-trainer"
+
+
+REQUEST_FILE = "train.request.json"  # in training/<voice>/: "train now" (the API), removed once a run finishes
+
+
+def request_training(layout: Layout, voice: str) -> None:
+    """Ask the daemon's trainer to train or resume `voice` now, whatever the threshold (kept across restarts)."""
+    folder = layout.training(voice)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / REQUEST_FILE, {"voice": voice, "requested": time.time()})
+
+
+def requested(layout: Layout, voice: str) -> bool:
+    return (layout.training(voice) / REQUEST_FILE).exists()
 
 
 def voices(layout: Layout) -> list[str]:
@@ -98,10 +112,10 @@ def train_voice(config: Config, spool: Spool, voice: str, target: int, stop: thr
 
 
 def _record_in_jobs(spool: Spool, voice: str, epoch: int, ckpt: Any) -> None:
+    training = {"epoch": epoch, "last_checkpoint": str(ckpt) if ckpt else None}
     for job in list(spool.jobs()):
-        if job.get("voice") == voice and job.get("accepted_count", 0):
-            spool.update_job(job["job_id"], lambda j: j.__setitem__(
-                "training", {"epoch": epoch, "last_checkpoint": str(ckpt) if ckpt else None}))
+        if job.voice == voice and job.accepted_count:
+            spool.update_job(job.job_id, lambda j: setattr(j, "training", dict(training)))
 
 
 class TrainerWorker:
@@ -132,11 +146,19 @@ class TrainerWorker:
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
-    def due_voices(self) -> list[str]:
-        now = time.monotonic()
-        return [v for v in voices(self.spool.layout) if self._next_try.get(v, 0.0) <= now
+    def request(self, voice: str) -> None:
+        """Train or resume `voice` now (the API's "train"): a fresh request forgets earlier failures."""
+        request_training(self.spool.layout, voice)
+        self._failures.pop(voice, None)
+        self._next_try.pop(voice, None)
+        self.wake.set()
+
+    def due_voices(self, requested_only: bool = False) -> list[str]:
+        now, layout = time.monotonic(), self.spool.layout
+        return [v for v in voices(layout) if self._next_try.get(v, 0.0) <= now
                 and self._failures.get(v, 0) < self.config.daemon.max_attempts
-                and due(self.config, self.spool.layout, v) is not None]
+                and (requested(layout, v) or not requested_only)
+                and due(self.config, layout, v, force=requested(layout, v)) is not None]
 
     def _should_wait_for_data(self) -> bool:
         """Let the data stages finish first (training then sees every clip present), but not forever."""
@@ -152,16 +174,18 @@ class TrainerWorker:
     def _loop(self) -> None:
         while not self.stop.is_set():
             self.health.beat(TRAINER_THREAD)
-            for voice in [] if self._should_wait_for_data() else self.due_voices():
+            for voice in self.due_voices(requested_only=self._should_wait_for_data()):
                 if self.stop.is_set():
                     break
-                target = due(self.config, self.spool.layout, voice)
+                forced = requested(self.spool.layout, voice)
+                target = due(self.config, self.spool.layout, voice, force=forced)
                 if target is None:
                     continue
                 self.busy = True
                 self.health.beat(TRAINER_THREAD, busy_limit=7 * 24 * 3600.0)
                 try:
-                    train_voice(self.config, self.spool, voice, target, self.stop)
+                    if train_voice(self.config, self.spool, voice, target, self.stop) and forced:
+                        (self.spool.layout.training(voice) / REQUEST_FILE).unlink(missing_ok=True)
                     self._failures.pop(voice, None)
                 except Exception as exc:
                     n = self._failures.get(voice, 0) + 1
