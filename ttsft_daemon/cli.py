@@ -39,10 +39,20 @@ def _parser() -> argparse.ArgumentParser:
     pp.add_argument("--output", required=True, type=Path, help="output folder (a state root with dataset/)")
     pp.add_argument("--config", type=Path, help="YAML config (default: built-in defaults)")
     pp.add_argument("--voice", default=None, help="voice name (default: the config's inbox.default_voice)")
+    pp.add_argument("--enroll", default=None, type=Path,
+                    help="a clean sample (10 s or more) of the target speaker: only that person's clips are kept")
 
     tr = sub.add_parser("train", help="train or resume a voice now, whatever the threshold")
     tr.add_argument("--config", required=True, type=Path)
     tr.add_argument("--voice", default=None, help="voice to train (default: every voice with a dataset)")
+
+    rt = sub.add_parser("retry", help="put quarantined recordings back into the inbox (all, or those named)")
+    rt.add_argument("--config", required=True, type=Path)
+    rt.add_argument("items", nargs="*", metavar="ITEM", help="report name, job id or file name (default: all)")
+
+    from ttsft_daemon.report.commands import add_parsers
+
+    add_parsers(sub)  # report, review
     return p
 
 
@@ -77,7 +87,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from ttsft_daemon.preprocess import preprocess
 
-    return preprocess(args.input, args.output, args.config, args.voice)
+    return preprocess(args.input, args.output, args.config, args.voice, args.enroll)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -85,13 +95,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ttsft_daemon.logs import configure_logging
     from ttsft_daemon.training.scheduler import train_now
 
-    configure_logging(config.logging.level, config.logging.format, config.logging.journal)
+    tty = sys.stderr.isatty()  # on a terminal a progress bar shows the epochs; the log keeps to warnings
+    configure_logging("warning" if tty else config.logging.level, config.logging.format, config.logging.journal)
     return train_now(config, args.voice)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ttsft_daemon.report.commands import cmd_report as run
+
+    return run(args)
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from ttsft_daemon.report.commands import cmd_review as run
+
+    return run(args)
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from ttsft_daemon.core.retry import retry
+
+    outcomes = retry(_load(args.config), list(args.items))
+    for o in outcomes:
+        print(f"{'retried' if o.retried else 'skipped'}: {o.report}: {o.message}")
+    if not outcomes:
+        print("nothing to retry: no recording in failed/ can go back to the inbox")
+    return 0 if all(o.retried for o in outcomes) else 1
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "status": cmd_status, "check-config": cmd_check_config,
-    "preprocess": cmd_preprocess, "train": cmd_train,
+    "preprocess": cmd_preprocess, "train": cmd_train, "report": cmd_report, "review": cmd_review,
+    "retry": cmd_retry,
 }
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -130,26 +132,32 @@ class SpeakerConfig:
     enabled: bool = _f(True, "keep only the target speaker's clips (false: every voice in the recordings is kept)")
     enroll_name: str = _f("enroll", "inbox/<voice>/<enroll_name>*.<ext> is a clean sample of the target speaker "
                           "(10 s or more): it becomes the voice's reference instead of training data")
-    min_similarity: float = _f(0.72, "a clip whose cosine similarity to the target's reference is below this is "
-                               "another speaker's (rejected as other_speaker)", min=-1.0, max=1.0)
-    cluster_similarity: float = _f(0.75, "clips this similar to a speaker's centroid join that speaker when the "
-                                   "voice's clips are clustered", min=-1.0, max=1.0)
-    min_decide_seconds: float = _f(60.0, "speech of the voice embedded before the dominant speaker is chosen "
-                                   "without an enrollment (less: clips wait, unless nothing more is coming)",
-                                   min=0.0)
-    min_share: float = _f(0.5, "the dominant speaker holds at least this share of the voice's speech", min=0.0,
-                          max=1.0)
-    min_ratio: float = _f(1.5, "and at least this many times the runner-up's speech; otherwise the voice is "
-                          "ambiguous and its clips wait for an enrollment", min=1.0)
-    min_embed_seconds: float = _f(1.0, "clips shorter than this are judged with less confidence (shorter "
-                                  "embeddings are unreliable): they need min_similarity + short_margin",
-                                  min=0.0)
-    short_margin: float = _f(0.05, "extra similarity asked of clips shorter than min_embed_seconds",
-                             min=0.0, max=1.0)
-    change_window_seconds: float = _f(1.5, "sliding window of the speaker-change check inside a clip", min=0.5)
-    change_similarity: float = _f(0.6, "windows of one clip less similar than this to each other mean the voice "
-                                  "changes inside it (split there, or rejected as mixed_speakers)", min=-1.0,
-                                  max=1.0)
+    same_speaker_short: float = _f(0.80, "a clip of short_seconds or less whose cosine similarity to the target's "
+                                   "reference is below this is another speaker's (rejected as other_speaker)",
+                                   min=-1.0, max=1.0)
+    short_seconds: float = _f(1.5, "the length the short threshold applies to", min=0.1)
+    same_speaker_long: float = _f(0.86, "the same for clips of long_seconds or more (longer clips give surer "
+                                  "embeddings: both same- and other-speaker similarities grow); in between the "
+                                  "threshold runs linearly in log(seconds)", min=-1.0, max=1.0)
+    long_seconds: float = _f(6.0, "the length the long threshold applies to", min=0.2)
+    enrollment_margin: float = _f(0.04, "against a clean enrollment, clips of Spleeter's vocal stems are judged with "
+                                  "thresholds this much lower (measured: stems score 0.03-0.05 lower against the "
+                                  "same person's clean voice; bench/speaker_eer.py)", min=0.0, max=0.5)
+    min_clip_seconds: float = _f(2.0, "clips shorter than this do not vote when the dominant speaker is chosen",
+                                 min=0.0)
+    merge: float = _f(0.85, "speaker clusters whose centroids are this similar are one speaker", min=-1.0, max=1.0)
+    dominant_share: float = _f(0.6, "without an enrollment, the target is the speaker holding at least this share "
+                               "of the voice's speech ...", min=0.0, max=1.0)
+    dominant_ratio: float = _f(2.0, "... and at least this many times the runner-up's speech; otherwise the voice "
+                               "is ambiguous and its clips wait for an enrollment", min=1.0)
+    min_decide_seconds: float = _f(60.0, "speech heard before the dominant speaker is chosen (less: clips wait, "
+                                   "unless nothing more of the voice is coming)", min=0.0)
+    change_window_seconds: float = _f(1.6, "window of the speaker-change check inside a clip", min=0.5)
+    change_hop_seconds: float = _f(0.2, "hop of that window", min=0.05)
+    change_threshold: float = _f(0.72, "the mean embeddings before and after a point of a clip less similar than "
+                                 "this mean the voice changes there (split, or rejected as mixed_speakers)",
+                                 min=-1.0, max=1.0)
+    change_min_side_seconds: float = _f(2.0, "each side of a change holds at least this much audio", min=0.1)
 
 
 @dataclass(frozen=True)
@@ -219,6 +227,8 @@ class TrainingConfig:
     precision: str = _f("32-true", "Lightning precision")
     espeak_voice: str = _f("en-us", "espeak-ng voice of the phonemizer")
     num_workers: int = _f(1, "data loader workers", min=0)
+    fast: bool = _f(True, "the project's faster training pieces (GPU alignment search, no host syncs, fused "
+                    "optimizers, background checkpoints); false runs piper.train's own code")
     test_sentences: list[str] = _f(
         [
             "The quick brown fox jumps over the lazy dog.",
@@ -230,11 +240,41 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    command: list[str] = _f([], "program (argv list) run on events (voice exported with its WER, file quarantined, "
+                            "speaker enrollment needed, disk nearly full) with the event as JSON on stdin; failures "
+                            "are logged, never fatal. Example: deploy/notify-example.py. Empty: off")
+    events: list[str] = _f([], "events that run the command (empty: all)")
+    timeout_seconds: float = _f(10.0, "the command is killed after this long", min=0.1)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = _f("info", "log level", choices=["debug", "info", "warning", "error"])
     format: str = _f("auto", "auto (console on a TTY, JSON otherwise) | console | json",
                      choices=["auto", "console", "json"])
     journal: str = _f("auto", "auto (when the journal socket exists) | on | off", choices=["auto", "on", "off"])
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    enabled: bool = _f(False, "serve the local HTTP API (status, voices, clips, uploads, training) from the daemon")
+    listen: str = _f("127.0.0.1:8765", "host:port the API listens on (loopback by default; the systemd unit's "
+                     "sandbox allows no network until a drop-in opens it: see the README's API section)")
+    token_file: Path | None = _f(None, "file holding the bearer token that write requests need (null: every write "
+                                 "is refused with 403)")
+    max_upload_mb: float = _f(2048.0, "largest upload accepted; a bigger one is refused with 413", min=0.001)
+    client_timeout_seconds: float = _f(30.0, "a client that sends nothing for this long mid-request gets 408",
+                                       min=0.1)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`host:port` (or `[v6]:port`) of api.listen; ValueError with the reason when it is not one."""
+    host, sep, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"got {listen!r}, expected host:port such as 127.0.0.1:8765")
+    return host, int(port)
 
 
 @dataclass(frozen=True)
@@ -255,6 +295,8 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig, metadata={"doc": "Piper dataset"})
     training: TrainingConfig = field(default_factory=TrainingConfig, metadata={"doc": "Piper training"})
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"doc": "logs"})
+    notify: NotifyConfig = field(default_factory=NotifyConfig, metadata={"doc": "notifications"})
+    api: ApiConfig = field(default_factory=ApiConfig, metadata={"doc": "local HTTP API"})
     source: Path | None = field(default=None, compare=False, metadata={"internal": True})
 
 
@@ -285,7 +327,7 @@ def _convert(value: Any, tp: Any, key: str, base: Path, errors: list[str]) -> An
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            errors.append(f"{key}: got {value!r}, expected {_type_name(tp)}")
+            errors.append(f"{key}: got {_show(value)}, expected {_type_name(tp)}")
             return None
         return [_convert(v, item_tp, f"{key}[{i}]", base, errors) for i, v in enumerate(value)]
     if tp is bool:
@@ -296,7 +338,11 @@ def _convert(value: Any, tp: Any, key: str, base: Path, errors: list[str]) -> An
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            number = float(value) if abs(value) < 1e308 else math.inf
+            if math.isfinite(number):
+                return number
+            errors.append(f"{key}: got {_show(value)}, expected a finite number")
+            return None
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -305,8 +351,22 @@ def _convert(value: Any, tp: Any, key: str, base: Path, errors: list[str]) -> An
     elif tp is Path and isinstance(value, str) and value.strip():
         p = Path(os.path.expanduser(value))
         return p if p.is_absolute() else (base / p)
-    errors.append(f"{key}: got {value!r}, expected {_type_name(tp)}")
+    errors.append(f"{key}: got {_show(value)}, expected {_type_name(tp)}")
     return None
+
+
+def _show(value: Any) -> str:
+    """`repr(value)`, bounded: a YAML alias bomb or a huge list in a bad key must not blow up the message."""
+    return _REPR.repr(value)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 6, 6, 80, 80
+# No setting is sensibly larger: beyond it a number only breaks the run (a timer of 1e300 s overflows).
+NUMBER_CEILING = 1e9
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_DEPTH = 20
+MAX_YAML_ALIASES = 100
 
 
 def _check_limits(value: Any, meta: Mapping[str, Any], key: str, errors: list[str]) -> None:
@@ -314,18 +374,19 @@ def _check_limits(value: Any, meta: Mapping[str, Any], key: str, errors: list[st
         return
     if "choices" in meta and value not in meta["choices"]:
         allowed = ", ".join(str(c) for c in meta["choices"])
-        errors.append(f"{key}: got {value!r}, allowed: {allowed}")
+        errors.append(f"{key}: got {_show(value)}, allowed: {allowed}")
     if "min" in meta and isinstance(value, (int, float)) and value < meta["min"]:
-        errors.append(f"{key}: got {value!r}, must be at least {meta['min']}")
-    if "max" in meta and isinstance(value, (int, float)) and value > meta["max"]:
-        errors.append(f"{key}: got {value!r}, must be at most {meta['max']}")
+        errors.append(f"{key}: got {_show(value)}, must be at least {meta['min']}")
+    ceiling = meta.get("max", NUMBER_CEILING)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > ceiling:
+        errors.append(f"{key}: got {_show(value)}, must be at most {ceiling:g}")
 
 
 def _build(cls: type[Any], raw: Any, prefix: str, base: Path, errors: list[str]) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        errors.append(f"{prefix or 'config'}: got {raw!r}, expected a mapping of keys")
+        errors.append(f"{prefix or 'config'}: got {_show(raw)}, expected a mapping of keys")
         return cls()
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
@@ -369,8 +430,16 @@ def _cross_checks(cfg: Config, errors: list[str]) -> None:
         errors.append(f"inbox.extensions: unsupported {bad_ext}, allowed: {', '.join(AUDIO_EXTENSIONS)}")
     if not cfg.inbox.default_voice or not _is_safe_name(cfg.inbox.default_voice):
         errors.append(f"inbox.default_voice: got {cfg.inbox.default_voice!r}, use letters, digits, - and _")
+    speaker = cfg.dataset.speaker
+    if speaker is not None and (not speaker.strip() or any(c in speaker for c in "|\r\n")):
+        errors.append(f"dataset.speaker: got {_show(speaker)}, must not be empty nor contain '|' or a line break "
+                      "(metadata.csv is pipe-separated)")
     if cfg.separation.overlap_seconds * 2 >= cfg.separation.chunk_seconds:
         errors.append("separation.overlap_seconds: must be less than half of separation.chunk_seconds")
+    try:
+        parse_listen(cfg.api.listen)
+    except ValueError as exc:
+        errors.append(f"api.listen: {exc}")
 
 
 def _is_safe_name(name: str) -> bool:
@@ -397,14 +466,39 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(str(p), [f"file not found: {p} (copy config.example.yaml and edit it)"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(p), [f"cannot read {p}: {exc}"]) from None
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(str(p), [f"the file is {len(text)} characters long, more than a config needs "
+                                   f"({MAX_CONFIG_BYTES}): is it the right file?"])
     try:
+        _check_yaml_shape(text, str(p))
         raw = yaml.safe_load(text)
+    except (RecursionError, MemoryError):
+        raise ConfigError(str(p), ["the YAML is nested too deeply or expands too much to be a config"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(str(p), [f"YAML syntax error at {where}{problem}"]) from None
     return config_from_dict(raw, base=p.resolve().parent, source=p.resolve())
+
+
+def _check_yaml_shape(text: str, source: str) -> None:
+    """Refuse YAML a config never needs before building it: deep nesting (the loader recurses) and many aliases
+    (an alias bomb expands in memory). Reads the event stream, which needs no recursion."""
+    depth = aliases = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ConfigError(source, [f"the YAML is nested more than {MAX_YAML_DEPTH} levels deep; a config "
+                                           "needs three"])
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                raise ConfigError(source, [f"the YAML uses more than {MAX_YAML_ALIASES} aliases (*name); write the "
+                                           "values out"])
 
 
 def iter_fields(cls: type[Any] = Config, prefix: str = "") -> typing.Iterator[tuple[str, Any, str]]:

@@ -41,3 +41,13 @@ class WorkerDied(TransientError):
 
 class ShuttingDown(TtsftError):
     """Raised inside long work when the daemon is stopping; the item is left for the next start."""
+
+
+class Deferred(TtsftError):
+    """The item cannot be decided yet and waits in its spool (not a failure: no attempt is spent, nothing is
+    quarantined); it is looked at again after `retry_seconds`, or sooner when its stage is woken."""
+
+    def __init__(self, reason: str, retry_seconds: float = 30.0) -> None:
+        self.reason = reason
+        self.retry_seconds = retry_seconds
+        super().__init__(reason)

@@ -40,7 +40,8 @@ def _place(src: Path, inbox: Path, index: int) -> None:
         shutil.copyfile(src, dest)
 
 
-def preprocess(input_path: Path, output: Path, config_path: Path | None, voice: str | None) -> int:
+def preprocess(input_path: Path, output: Path, config_path: Path | None, voice: str | None,
+               enroll: Path | None = None) -> int:
     base = load_config(config_path) if config_path else config_from_dict({})
     files = _inputs(input_path)
     if not files:
@@ -54,6 +55,13 @@ def preprocess(input_path: Path, output: Path, config_path: Path | None, voice: 
     )
     layout = Layout(config.paths.root)
     layout.ensure()
+    if enroll is not None:  # the target speaker's sample: taken by the speaker stage, never training data
+        if not enroll.is_file():
+            raise TtsftError(f"enrollment file not found: {enroll} (give 10 s or more of the target speaker alone)")
+        ext = enroll.suffix.lower().lstrip(".")
+        if ext not in AUDIO_EXTENSIONS:
+            raise TtsftError(f"enrollment file {enroll} is not audio (extensions: {', '.join(AUDIO_EXTENSIONS)})")
+        shutil.copyfile(enroll, layout.inbox / f"{config.speaker.enroll_name}.{ext}")
     for i, f in enumerate(files):
         _place(f, layout.inbox, i)
     from ttsft_daemon.daemon.service import Daemon

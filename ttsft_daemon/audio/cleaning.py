@@ -16,7 +16,7 @@ from scipy import ndimage, signal
 
 from ttsft_daemon.audio.segmentation import rms_envelope, speech_level
 from ttsft_daemon.config import AudioConfig, SegmentationConfig
-from ttsft_daemon.core.spool import commit, tmp_name
+from ttsft_daemon.core.atomic import atomic_path
 
 DEFAULT_SILENCE_DBFS = -70.0
 
@@ -195,11 +195,6 @@ def write_wav_pcm16(path: Path, samples: np.ndarray, sr: int) -> None:
     x = np.asarray(samples, dtype=np.float32)
     if x.ndim != 1:
         raise ValueError(f"write_wav_pcm16 writes mono audio, got shape {x.shape}")
-    path = Path(path)
-    tmp = tmp_name(path)  # the spool's naming: a crash leaves a temporary that start-up cleanup removes
-    try:
+    with atomic_path(Path(path)) as tmp:
         # libsndfile wraps out-of-range floats around when converting to integers: clip first.
         sf.write(tmp, np.clip(x, -1.0, 1.0), sr, subtype="PCM_16", format="WAV")
-        commit(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,7 @@ class MediaInfo:
     sample_rate: int
     format_name: str
     has_video: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    audio_streams: int = 1  # only the first is used
 
 
 def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[bytes]:
@@ -65,6 +63,7 @@ def probe(path: Path, timeout: float = 60.0) -> MediaInfo:
         sample_rate=int(_float(stream.get("sample_rate"))),
         format_name=str(fmt.get("format_name", "unknown")),
         has_video=any(s.get("codec_type") == "video" and not _is_cover_art(s) for s in streams),
+        audio_streams=len(audio),
     )
 
 

@@ -26,7 +26,7 @@ import structlog
 from ttsft_daemon.audio import media
 from ttsft_daemon.errors import RejectedInput, ShuttingDown, TransientError, WorkerDied
 
-log = structlog.get_logger("ttsft.separation")
+log = structlog.get_logger(__name__)
 
 WORKER_SCRIPT = Path(__file__).resolve().with_name("spleeter_worker.py")
 SAMPLE_RATE = 44100

@@ -17,31 +17,34 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from ttsft_daemon.config import Config
+from ttsft_daemon.core.backoff import Backoff
 from ttsft_daemon.core.jobs import CLIP_REJECTED, JobRecord
-from ttsft_daemon.core.spool import Item, Spool, remove
-from ttsft_daemon.errors import RejectedInput, ShuttingDown
+from ttsft_daemon.core.spool import Item, Spool, remove, storage_fault
+from ttsft_daemon.errors import Deferred, RejectedInput, ShuttingDown
+from ttsft_daemon.events import DISK_NEARLY_FULL, FILE_QUARANTINED, notify
 from ttsft_daemon.pipeline import INBOX, PIPELINE, StageSpec, consumer_of
 from ttsft_daemon.stages.base import Result, Stage, StageContext
 
-log = structlog.get_logger("ttsft.runner")
+log = structlog.get_logger(__name__)
 
-# Consecutive disk-full failures of one item double its wait up to this many times (then it stays there).
-DISK_FULL_MAX_DOUBLINGS = 4
 CONSUMER_WAIT_SECONDS = 3600.0
 # A failure while the state root's filesystem has less free space than this counts as disk full, whatever the
 # exception says: some libraries lose the errno (libsndfile reports a full disk as "System error.").
 LOW_SPACE_BYTES = 16 * 1024 * 1024
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+def is_disk_full(exc: BaseException, root: Path | None = None) -> bool:
+    """A full disk, or (given the state root) a write the state root refuses for a while (read-only, permissions,
+    I/O errors): nobody's fault, so retried without spending attempts (spool.storage_fault)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return root is not None and storage_fault(exc, root)
 
 
 def space_left(path: Path) -> int | None:
@@ -50,49 +53,6 @@ def space_left(path: Path) -> int | None:
     except OSError:
         return None
     return st.f_bavail * st.f_frsize
-
-
-@dataclass
-class Backoff:
-    """In-memory retry state of this process, shared by all worker threads: when each item may run again, the
-    attempts of inbox files (they have no job record yet) and each item's run of disk-full failures."""
-
-    def __post_init__(self) -> None:
-        self._next: dict[str, float] = {}
-        self._inbox_attempts: dict[str, int] = {}
-        self._disk_full_streak: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def ready(self, key: str) -> bool:
-        with self._lock:
-            return self._next.get(key, 0.0) <= time.monotonic()
-
-    def delay(self, key: str, seconds: float) -> None:
-        with self._lock:
-            self._next[key] = time.monotonic() + seconds
-
-    def clear(self, key: str) -> None:
-        with self._lock:
-            self._next.pop(key, None)
-            self._disk_full_streak.pop(key, None)
-
-    def count_inbox_attempt(self, key: str, change: int = 1) -> int:
-        with self._lock:
-            n = max(0, self._inbox_attempts.get(key, 0) + change)
-            self._inbox_attempts[key] = n
-            return n
-
-    def forget_inbox_attempts(self, key: str) -> None:
-        with self._lock:
-            self._inbox_attempts.pop(key, None)
-
-    def disk_full_delay(self, key: str, base: float) -> float:
-        """The wait before retrying `key` after one more disk-full failure."""
-        with self._lock:
-            streak = self._disk_full_streak.get(key, 0)
-            self._disk_full_streak[key] = streak + 1
-        return float(base * 2 ** min(streak, DISK_FULL_MAX_DOUBLINGS))
-
 
 
 class ItemRunner:
@@ -121,10 +81,11 @@ class ItemRunner:
         try:
             if not _present(item):
                 return False
-            finished = self._run_claimed(item, key)
-            return True
+            outcome = self._run_claimed(item, key)
+            finished = outcome is True
+            return outcome is not None
         except OSError as exc:  # counting the attempt or quarantining hit a full disk: nothing was lost
-            if not is_disk_full(exc):
+            if not is_disk_full(exc, self.spool.layout.root):
                 raise
             self._retry_when_space(item, key, exc, counted=False)
             return True
@@ -132,7 +93,9 @@ class ItemRunner:
             claim.release(done=finished)
 
     # ------------------------------------------------------------------------------------------------
-    def _run_claimed(self, item: Item, key: str) -> bool:
+    def _run_claimed(self, item: Item, key: str) -> bool | None:
+        """True: the item is finished (done or quarantined); False: it stays (retry, shutdown); None: it waits
+        (Deferred), which is no work done."""
         meta = item.meta() if item.spool != "inbox" else {}
         job_id = str(meta.get("job_id", ""))
         fields = {k: v for k, v in {"stage": self.stage.name, "job_id": job_id or None, "voice": meta.get("voice"),
@@ -160,6 +123,12 @@ class ItemRunner:
             self._uncount_attempt(job_id, key)
             log.info("left for the next start", item=item.id, **fields)
             return False
+        except Deferred as exc:
+            self._uncount_attempt(job_id, key)
+            if not self.backoff.is_deferred(key):
+                log.info("waiting", item=item.id, why=exc.reason, **fields)
+            self.backoff.defer(key, exc.retry_seconds)
+            return None
         except RejectedInput as exc:
             self._quarantine(item, job_id, exc.reason, exc.detail, fields)
             return True
@@ -167,7 +136,7 @@ class ItemRunner:
             if item.spool == "inbox" and not _present(item):
                 self._forget_vanished(item, key, exc, fields)
                 return True
-            if is_disk_full(exc) or self._low_on_space():
+            if is_disk_full(exc, self.spool.layout.root) or self._low_on_space():
                 self._retry_when_space(item, key, exc, counted=True, job_id=job_id)
                 return False
             self._retry_later(item, job_id, key, attempt, exc, fields)
@@ -220,6 +189,10 @@ class ItemRunner:
         if item.spool == "inbox":
             self.backoff.forget_inbox_attempts(self.key(item))
         log.warning("rejected", reason=reason, detail=detail, item=item.id, quarantine=error_file.name, **fields)
+        if not meta.get("clip_id"):  # a whole recording (a rejected clip is routine, and the report lists them)
+            notify(self.config.notify, FILE_QUARANTINED, stage=self.stage.name, reason=reason, detail=detail,
+                   item=item.id, voice=meta.get("voice"), source=meta.get("source_name") or item.payload.name,
+                   report=error_file.name)
 
     def _finish_recorded_step(self, item: Item, key: str, fields: dict[str, Any]) -> None:
         """The job already records this step (a crash struck before its input was removed): redoing it would
@@ -241,6 +214,9 @@ class ItemRunner:
 
     def _retry_when_space(self, item: Item, key: str, exc: Exception, counted: bool, job_id: str = "") -> None:
         """Disk full: back off and retry, without spending one of the item's attempts."""
+        if not self.disk_full.is_set():
+            notify(self.config.notify, DISK_NEARLY_FULL, path=str(self.spool.layout.root),
+                   free_bytes=space_left(self.spool.layout.root), error=f"{type(exc).__name__}: {exc}")
         self.disk_full.set()
         if counted:
             try:
@@ -249,7 +225,8 @@ class ItemRunner:
                 pass  # still full: this attempt stays counted, which only matters after max_attempts of them
         delay = self.backoff.disk_full_delay(key, self.config.daemon.retry_backoff_seconds)
         self.backoff.delay(key, delay)
-        log.error("disk full; will retry", item=item.id, error=f"{type(exc).__name__}: {exc}", retry_in_s=delay,
+        log.error("disk full; will retry" if is_disk_full(exc) else "state root refuses writes; will retry",
+                  item=item.id, error=f"{type(exc).__name__}: {exc}", retry_in_s=delay,
                   **{k: v for k, v in {"stage": self.stage.name, "job_id": job_id or None}.items() if v})
 
     def _retry_later(self, item: Item, job_id: str, key: str, attempt: int, exc: Exception,

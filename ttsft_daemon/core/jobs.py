@@ -20,7 +20,8 @@ CLIP_WAITING = ("clips", "audio")
 CLIP_TRANSCRIBED = "transcribed"
 CLIP_ACCEPTED = "accepted"
 CLIP_REJECTED = "rejected"
-CLIP_ENDED = (CLIP_ACCEPTED, CLIP_REJECTED)
+CLIP_SPLIT = "split"  # cut in two at a change of speaker: its parts are clips of their own
+CLIP_ENDED = (CLIP_ACCEPTED, CLIP_REJECTED, CLIP_SPLIT)
 
 
 def _default_training() -> dict[str, Any]:
@@ -80,7 +81,7 @@ class JobRecord:
 
     def recount(self) -> None:
         states = list(self.clips.values())
-        self.transcribed_count = sum(1 for s in states if s not in CLIP_WAITING)
+        self.transcribed_count = sum(1 for s in states if s not in (*CLIP_WAITING, CLIP_SPLIT))
         self.accepted_count = sum(1 for s in states if s == CLIP_ACCEPTED)
         self.rejected_count = sum(1 for s in states if s == CLIP_REJECTED)
         self.finish_if_complete()

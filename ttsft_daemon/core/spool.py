@@ -18,13 +18,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
+import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 from filelock import FileLock, Timeout
 
 from ttsft_daemon.core.atomic import (
@@ -33,6 +37,7 @@ from ttsft_daemon.core.atomic import (
     _fault_point,
     _start_time,
     atomic_copy,
+    atomic_open,
     atomic_write_bytes,
     atomic_write_json,
     commit,
@@ -43,7 +48,9 @@ from ttsft_daemon.core.atomic import (
     tmp_name,
 )
 from ttsft_daemon.core.jobs import JobRecord
-from ttsft_daemon.pipeline import SPOOLS
+from ttsft_daemon.pipeline import INBOX, PIPELINE, SPOOLS
+
+log = structlog.get_logger(__name__)
 
 __all__ = ["SPOOLS", "TMP_PREFIX", "Claim", "Item", "Layout", "Spool", "atomic_copy", "atomic_write_bytes",
            "atomic_write_json", "commit", "fsync_dir", "read_json", "remove", "tmp_name"]
@@ -242,15 +249,19 @@ class Spool:
         if pending is not None:
             error_file, report = pending
         else:
-            base = _unique_name(failed, short_name(files[0].name))
-            plan = [{"from": f.name, "name": base if i == 0 else f"{base}.{f.name.rsplit('.', 1)[-1]}"}
+            base = _reserve_name(failed, short_name(display_name(files[0].name)))
+            plan = [{"from": display_name(f.name),
+                     "name": base if i == 0 else f"{base}.{display_name(f.name).rsplit('.', 1)[-1]}"}
                     for i, f in enumerate(files)]
-            report = {"stage": stage, "reason": reason, "detail": detail, "time": time.time(),
-                      **(extra or {}), "files": plan, "complete": False}
+            report = json_safe({"stage": stage, "reason": reason, "detail": detail, "time": time.time(),
+                                **(extra or {}), "files": plan, "complete": False})
             error_file = failed / f"{base}.error.json"
-            if item:  # the pointer first: a report is never written without a way for the redo to find it
-                atomic_write_bytes(self._pending_marker(item), error_file.name.encode())
-            atomic_write_json(error_file, report)
+            try:
+                if item:  # the pointer first: a report is never written without a way for the redo to find it
+                    atomic_write_bytes(self._pending_marker(item), error_file.name.encode())
+                atomic_write_json(error_file, report)
+            finally:
+                (failed / _reservation(base)).unlink(missing_ok=True)  # the report holds the name, or nobody
         self._move_planned(files, report)
         report["complete"] = True
         atomic_write_json(error_file, report)
@@ -262,26 +273,52 @@ class Spool:
         return error_file
 
     def _move_planned(self, files: list[Path], report: dict[str, Any]) -> None:
+        """An inbox file is reached through its folder's descriptor, opened from the inbox without following a link:
+        a voice folder swapped for a link after the scan never lets a file outside be moved."""
         failed = self.layout.failed
-        for entry in report["files"]:
-            src = next((f for f in files if f.name == entry["from"]), None)
-            if src is None or (not src.exists() and not src.is_symlink()):
-                continue  # moved before an interruption, or never there
-            _fault_point(f"quarantine {src.name}")
-            if src.is_symlink():
-                # A symlink is quarantined as what it is: never followed, never copied through.
-                entry["symlink_to"] = os.readlink(src)
-                src.unlink()
-                continue
-            dest = failed / entry["name"]
-            try:
-                os.rename(src, dest)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                atomic_copy(src, dest)
-                src.unlink()
-        fsync_dir(failed)
+        failed_fd = os.open(failed, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for entry in report["files"]:
+                src = next((f for f in files if display_name(f.name) == entry["from"]), None)
+                if src is None:
+                    continue
+                # Users write in the inbox: there no link is followed. The daemon's own folders are opened as they
+                # are (an administrator may have put spool/ or dataset/ on another disk through a link).
+                base = self.layout.inbox if src.is_relative_to(self.layout.inbox) else src.parent
+                try:
+                    fd = open_folder_below(base, src.parent)
+                except OutsideRoot as exc:
+                    entry["not_moved"] = f"left where it is: {exc}"
+                    continue
+                try:
+                    self._move_one(fd, src.name, failed_fd, failed / entry["name"], entry)
+                finally:
+                    os.close(fd)
+            os.fsync(failed_fd)
+        finally:
+            os.close(failed_fd)
+
+    @staticmethod
+    def _move_one(fd: int, name: str, failed_fd: int, dest: Path, entry: dict[str, Any]) -> None:
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return  # moved before an interruption, or never there
+        _fault_point(f"quarantine {display_name(name)}")
+        if stat.S_ISLNK(st.st_mode):
+            # A symlink is quarantined as what it is: never followed, never copied through.
+            entry["symlink_to"] = display_name(os.readlink(name, dir_fd=fd))
+            os.unlink(name, dir_fd=fd)
+            return
+        try:
+            os.rename(name, entry["name"], src_dir_fd=fd, dst_dir_fd=failed_fd)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            src_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+            with os.fdopen(src_fd, "rb") as fin, atomic_open(dest) as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+            os.unlink(name, dir_fd=fd)
 
     def _pending_marker(self, item: str) -> Path:
         return self.layout.failed / f".pending-{hashlib.sha256(item.encode()).hexdigest()[:24]}"
@@ -327,6 +364,9 @@ class Spool:
                     continue
                 payload = str((read_json(folder / name) or {}).get("payload") or name[:-5] + ".wav")
                 if payload not in names:  # an interrupted removal: the outputs were committed before it began
+                    # (or the payload was deleted by hand: said, since the item is gone either way)
+                    log.info("sidecar without its payload removed (an interrupted removal, or a payload deleted by "
+                             "hand)", spool=folder.name, item=name[:-5], payload=payload)
                     remove(folder / name)
                     settled += 1
         return settled
@@ -344,30 +384,147 @@ class Spool:
             if _tmp_owner_dead(p.name) or _age(p, now) > max_age_seconds:
                 p.unlink(missing_ok=True)
                 removed += 1
-        return removed + self.repair()
+        from ttsft_daemon.core.inbox import restore_interrupted_takes  # the inbox module imports this one
+
+        return removed + self.repair() + restore_interrupted_takes(self.layout.inbox) + self.sweep_locks()
+
+    def sweep_locks(self) -> int:
+        """Remove the lock files of claims whose item is gone (one is left per item a stage worked on). Each is
+        removed while holding it, like a finished claim: whoever opened the old file re-checks the item."""
+        removed = 0
+        try:
+            names = os.listdir(self.layout.locks)
+        except FileNotFoundError:
+            return 0
+        sources = {spec.name: spec.source for spec in PIPELINE}
+        for name in names:
+            stage_name, _, item_id = name.removesuffix(".lock").partition("-")
+            source = sources.get(stage_name)
+            if not name.endswith(".lock") or source is None or source == INBOX or not item_id:
+                continue
+            if (self.layout.spool(source) / f"{item_id}.json").exists():
+                continue
+            claim = self.try_claim(name.removesuffix(".lock"))
+            if claim is not None:
+                claim.release(done=True)
+                removed += 1
+        return removed
 
     def _temporaries(self) -> Iterator[Path]:
         """Temporary files in the root itself and anywhere below the folders the daemon writes (never the inbox)."""
         lay = self.layout
         with os.scandir(lay.root) as entries:
-            yield from (Path(e.path) for e in entries if e.name.startswith(TMP_PREFIX) and e.is_file())
+            yield from (Path(e.path) for e in entries if _is_temporary(e.name) and e.is_file())
         for top in (lay.root / "spool", lay.datasets, lay.checkpoints, lay.failed, lay.work, lay.trainings):
             for dirpath, _dirs, files in os.walk(top):
-                yield from (Path(dirpath) / n for n in files if n.startswith(TMP_PREFIX))
+                yield from (Path(dirpath) / n for n in files if _is_temporary(n))
 
 
-def _unique_name(folder: Path, name: str) -> str:
-    candidate = name
-    n = 1
-    while (folder / candidate).exists() or (folder / f"{candidate}.error.json").exists():
+def _reserve_name(folder: Path, name: str) -> str:
+    """A name under `folder` no other quarantine uses: a hidden `.<name>.reserved` is created exclusively (the
+    caller removes it once the report is written), so two workers rejecting files of one name never pick the same
+    one, and no reader ever sees a placeholder report."""
+    n = 0
+    while True:
         stem, dot, ext = name.partition(".")
-        candidate = f"{stem}.{n}{dot}{ext}"
+        candidate = name if n == 0 else f"{stem}.{n}{dot}{ext}"
         n += 1
-    return candidate
+        if os.path.lexists(folder / candidate):
+            continue
+        try:
+            fd = os.open(folder / _reservation(candidate), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            continue
+        if os.path.lexists(folder / f"{candidate}.error.json"):  # reported between the check and the reservation
+            os.close(fd)
+            continue
+        try:
+            os.write(fd, json.dumps({"reserved_by": os.getpid()}).encode() + b"\n")
+        finally:
+            os.close(fd)
+        return candidate
+
+
+STORAGE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO)
+
+
+def storage_fault(exc: BaseException, root: Path) -> bool:
+    """A write or read of the daemon's own files that the filesystem refuses (read-only, permissions, I/O error):
+    the state root's fault, not the item's, so it is waited out like a full disk. Files of the inbox are the
+    user's (an unreadable drop is rejected), so they never count."""
+    if not isinstance(exc, OSError) or exc.errno not in STORAGE_ERRNOS:
+        return False
+    name = exc.filename if isinstance(exc.filename, str) else None
+    if name is None:
+        return False
+    try:
+        rel = Path(os.path.abspath(name)).relative_to(os.path.abspath(root))
+    except ValueError:
+        return False
+    return bool(rel.parts) and rel.parts[0] != "inbox"
+
+
+def _reservation(name: str) -> str:
+    return f".{name}.reserved"
+
+
+def display_name(name: str) -> str:
+    """`name` as valid UTF-8 text (for JSON, reports and logs): bytes that are not UTF-8 become `\\xNN` escapes."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` with every string made valid UTF-8 (a file name that is not UTF-8 must not stop a report)."""
+    if isinstance(obj, str):
+        return display_name(obj)
+    if isinstance(obj, dict):
+        return {json_safe(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+class OutsideRoot(OSError):
+    """A folder is no longer a real folder below its base (swapped for a link, or gone)."""
+
+
+def open_folder_below(base: Path, folder: Path) -> int:
+    """A descriptor of `folder`, reached from `base` without following any link below it (`base` itself may be a
+    link, set up by the administrator). OutsideRoot when a component is a link, not a folder, or missing."""
+    rel = os.path.relpath(folder, base)
+    parts = [] if rel == "." else list(Path(rel).parts)
+    if ".." in parts:
+        raise OutsideRoot(errno.EXDEV, f"{display_name(str(folder))} is not below {base}")
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts:
+            try:
+                nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                    raise OutsideRoot(exc.errno, f"'{display_name(part)}' is no longer a folder of "
+                                      f"{base.name}/ (replaced by a link, or removed)") from None
+                raise
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _is_temporary(name: str) -> bool:
+    """A temporary name, or one derived from it (`tempfile.mkstemp(prefix="." + <temporary's stem>)` gives
+    `..tmp.<host>.<owner>...`: the separation's decoded stereo WAV in work/)."""
+    return name.startswith(TMP_PREFIX) or name.startswith("." + TMP_PREFIX)
 
 
 def _tmp_owner_dead(name: str) -> bool:
     """True when the temporary's writer (on this host) has exited; a reused pid has another start time."""
+    name = name[1:] if name.startswith("." + TMP_PREFIX) else name
     parts = name[len(TMP_PREFIX):].split(".", 3)
     if len(parts) < 3 or parts[0] != _HOST:
         return False

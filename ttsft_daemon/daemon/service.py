@@ -19,8 +19,9 @@ from typing import Any
 import structlog
 
 from ttsft_daemon.config import Config, load_config
+from ttsft_daemon.core.backoff import Backoff
 from ttsft_daemon.core.inbox import InboxScanner
-from ttsft_daemon.core.items import Backoff, ItemRunner
+from ttsft_daemon.core.items import ItemRunner
 from ttsft_daemon.core.spool import Spool
 from ttsft_daemon.daemon.notify import Notifier
 from ttsft_daemon.errors import ConfigError
@@ -29,7 +30,9 @@ from ttsft_daemon.stages.base import Stage, StageEnv
 from ttsft_daemon.status import collect, one_line, write_daemon_info
 from ttsft_daemon.training.scheduler import TrainerWorker
 
-log = structlog.get_logger("ttsft.daemon")
+log = structlog.get_logger(__name__)
+
+LOCK_SWEEP_SECONDS = 600.0
 
 @dataclass
 class Heartbeat:
@@ -124,6 +127,7 @@ class WorkerPool:
         me = threading.current_thread().name
         d = self.daemon
         stage: Stage | None = None
+        crashed = False
         try:
             while not self.stop.is_set():
                 d.health.beat(me)
@@ -158,13 +162,15 @@ class WorkerPool:
                     self.waker.wait(seen, self._idle_wait())
         except Exception as exc:  # a bug in the loop itself: log loudly; the health check stops WATCHDOG=1
             log.exception("worker thread crashed", stage=self.name, error=str(exc))
+            crashed = True
         finally:
             if stage is not None:
                 try:
                     stage.close()
                 except Exception as exc:
                     log.warning("closing stage failed", stage=self.name, error=str(exc))
-            d.health.forget(me)
+            if not crashed:  # a crashed worker keeps its heartbeat, which goes stale: systemd restarts the daemon
+                d.health.forget(me)
 
     def _idle_wait(self) -> float:
         """How long an idle worker sleeps: the rescan interval, but files settling in the inbox are looked at
@@ -177,7 +183,7 @@ class WorkerPool:
     def _open(self, me: str) -> Stage | None:
         try:
             d = self.daemon
-            stage = self.spec.build(StageEnv(d.config, d.spool, d.scanner))
+            stage = self.spec.build(StageEnv(d.config, d.spool, d.scanner, d.backoff, d.pipeline))
             started = time.monotonic()
             stage.open()
             log.info("stage ready", stage=self.name, worker=me, duration_s=round(time.monotonic() - started, 3))
@@ -209,6 +215,7 @@ class Daemon:
         self._reload_requested = False
         self.pools: dict[str, WorkerPool] = {}
         self.trainer: TrainerWorker | None = None
+        self.api: Any = None  # ttsft_daemon.api.server.ApiServer while api.enabled
         self.scanner = InboxScanner(self.spool.layout.inbox, config.inbox)
         self._observer: Any = None
         self.exit_code = 0
@@ -257,6 +264,20 @@ class Daemon:
         elif stage in self.pools:
             self.pools[stage].waker.wake()
 
+    # ---------------------------------------------------------------------------------------- HTTP API
+    def start_api(self) -> None:
+        """Serve the HTTP API from its own thread when api.enabled (a failure to listen is logged, not fatal)."""
+        if self.config.api.enabled and self.api is None:
+            from ttsft_daemon.api.server import ApiServer
+
+            self.api = ApiServer(self)
+            self.api.start()
+
+    def stop_api(self) -> None:
+        if self.api is not None:
+            self.api.stop()
+            self.api = None
+
     # ---------------------------------------------------------------------------------------- watching
     def start_observer(self) -> None:
         try:
@@ -298,8 +319,10 @@ class Daemon:
                  exit_when_idle=self.exit_when_idle)
         self.start_observer()
         self.start_workers()
+        self.start_api()
         self.notifier.ready(status="started")
         last_status = last_ping = 0.0
+        last_sweep = time.monotonic()
         ping_every = min(self.notifier.watchdog_interval() or 5.0, 5.0)
         idle_rounds = 0
         while not self.stopping.is_set():
@@ -307,6 +330,9 @@ class Daemon:
             if self._reload_requested:
                 self._reload_requested = False
                 self.reload()
+            if time.monotonic() - last_sweep >= LOCK_SWEEP_SECONDS:  # one lock file is left per finished item
+                last_sweep = time.monotonic()
+                self._sweep_locks()
             if time.monotonic() - last_ping >= ping_every:
                 stale = self.health.stale()
                 if not stale:
@@ -330,11 +356,21 @@ class Daemon:
                     break
         self.notifier.stopping(status="stopping")
         log.info("stopping")
+        self.stop_api()
         self.stop_workers(timeout=60.0)
         self.stop_observer()
         self._publish_status(final=True)
         log.info("stopped", exit_code=self.exit_code)
         return self.exit_code
+
+    def _sweep_locks(self) -> None:
+        try:
+            removed = self.spool.sweep_locks()
+        except OSError as exc:
+            log.warning("cannot sweep lock files", error=str(exc))
+            return
+        if removed:
+            log.debug("lock files of finished items removed", count=removed)
 
     def _has_work_for(self, stages: list[str]) -> bool:
         sources = [p.spec.source for name, p in self.pools.items() if name in stages]
@@ -347,7 +383,11 @@ class Daemon:
         scan = self.scanner.scan()
         if scan.ready or scan.pending:
             return True
-        return any(self.spool.count(s) > 0 for s in spools_of(self.pipeline))
+        for name, pool in list(self.pools.items()):
+            if pool.spec.source != INBOX and any(not self.backoff.is_deferred(f"{name}-{item.id}")
+                                                 for item in self.spool.items(pool.spec.source)):
+                return True
+        return False
 
     def is_idle(self) -> bool:
         if self.trainer is not None and (self.trainer.busy or self.trainer.due_voices()):
@@ -366,10 +406,16 @@ class Daemon:
             log.error("reload refused: the new config is invalid; keeping the running one", problems=exc.problems)
             self.notifier.ready(status="reload refused: invalid config")
             return
+        except Exception as exc:  # whatever a bad file does to the loader, the running daemon keeps running
+            log.error("reload refused: the new config cannot be read; keeping the running one",
+                      error=f"{type(exc).__name__}: {str(exc)[:500]}")
+            self.notifier.ready(status="reload refused: invalid config")
+            return
         log.info("reloading configuration", source=str(source))
         from ttsft_daemon.logs import configure_logging
 
         configure_logging(new.logging.level, new.logging.format, new.logging.journal)
+        self.stop_api()
         self.stop_workers(timeout=60.0)
         self.stop_observer()
         self.config = new
@@ -379,6 +425,7 @@ class Daemon:
         self.health = Health(new.daemon.heartbeat_timeout_seconds)
         self.start_observer()
         self.start_workers()
+        self.start_api()
         self.notifier.ready(status="reloaded")
 
     def _publish_status(self, final: bool = False) -> None:

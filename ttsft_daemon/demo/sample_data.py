@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ttsft_daemon.core.spool import atomic_write_bytes, tmp_name
+from ttsft_daemon.core.atomic import atomic_path, atomic_write_bytes
 
 _SUBJECTS = ["The old farmer", "A young teacher", "My brother", "The tired pilot", "Our neighbour",
              "The quiet student", "A clever engineer", "The busy doctor", "Her grandmother", "The new captain"]
@@ -61,6 +61,5 @@ def build_spoken_dataset(
 
 
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    tmp = tmp_name(path)
-    sf.write(tmp, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        sf.write(tmp, np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")

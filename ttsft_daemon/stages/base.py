@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ttsft_daemon.config import Config
+from ttsft_daemon.core.backoff import Backoff
 from ttsft_daemon.core.inbox import InboxScanner
 from ttsft_daemon.core.jobs import JobRecord
 from ttsft_daemon.core.spool import Item, Spool
 from ttsft_daemon.errors import ShuttingDown
-from ttsft_daemon.pipeline import StageSpec
+from ttsft_daemon.pipeline import PIPELINE, StageSpec
 
 JobUpdate = Callable[[JobRecord], None]
 
@@ -50,6 +51,8 @@ class StageEnv:
     config: Config
     spool: Spool
     scanner: InboxScanner
+    backoff: Backoff | None = None  # the daemon's retry state (stages that defer items wake them through it)
+    pipeline: tuple[StageSpec, ...] = PIPELINE  # the table this stage is a row of
 
 
 @dataclass

@@ -18,14 +18,15 @@ from typing import Any
 import structlog
 
 from ttsft_daemon.audio.media import MediaInfo, probe
-from ttsft_daemon.core.inbox import FileIdentity, NotInInbox, display_name, open_folder, take_file
+from ttsft_daemon.core.inbox import FileIdentity, NotInInbox, open_folder, take_file
 from ttsft_daemon.core.jobs import JobRecord
-from ttsft_daemon.core.spool import Item
-from ttsft_daemon.errors import RejectedInput, TransientError
+from ttsft_daemon.core.speakers import is_enrollment
+from ttsft_daemon.core.spool import Item, display_name
+from ttsft_daemon.errors import Deferred, RejectedInput, TransientError
 from ttsft_daemon.pipeline import StageSpec, recording_spools
 from ttsft_daemon.stages.base import Output, Result, StageContext, StageEnv
 
-log = structlog.get_logger("ttsft.ingest")
+log = structlog.get_logger(__name__)
 
 _CHUNK = 1 << 20
 
@@ -55,7 +56,10 @@ class IngestStage:
     def candidates(self) -> list[Item]:
         in_flight = sum(self.spool.count(s) for s in recording_spools())
         room = self.config.daemon.max_jobs_in_flight - in_flight
-        return self.scanner.scan().ready[:max(0, room)]  # the bound on recordings in flight
+        ready = self.scanner.scan().ready
+        if self.config.speaker.enabled:  # enrollment samples are the speaker stage's, never training data
+            ready = [i for i in ready if not is_enrollment(i.payload.name, self.config.speaker.enroll_name)]
+        return ready[:max(0, room)]  # the bound on recordings in flight
 
     def process(self, item: Item, ctx: StageContext) -> Result:
         path = item.payload
@@ -151,13 +155,13 @@ class IngestStage:
                             source=display_name(path.name), header_s=round(duration, 1), real_s=round(real, 1))
                 return real
             return duration
-        cfg = self.config.daemon
-        hold = min(600.0, cfg.retry_backoff_seconds * (2 ** max(0, cfg.max_attempts - 1) - 1))
+        settle = self.config.inbox.settle_seconds
+        hold = min(INCOMPLETE_HOLD_MAX, max(INCOMPLETE_HOLD_MIN, 20 * settle))
         age = time.time() - st.st_mtime
-        if age < hold:
-            raise TransientError(f"'{display_name(path.name)}' looks incomplete ({why}): held until it is "
-                                 f"complete or {hold:.0f} s old (copiers: write to a *.part or dot-file name and "
-                                 "rename when done)")
+        if age < hold:  # a copier may only be pausing: wait (no attempt spent) for it to go on
+            raise Deferred(f"'{display_name(path.name)}' looks incomplete ({why}): held until it is complete or "
+                           f"unchanged for {hold:.0f} s (copiers: write to a *.part or dot-file name and rename when "
+                           "done)", retry_seconds=max(1.0, min(settle, hold - age)))
         raise RejectedInput("truncated recording", f"{why}; the copy may have been cut short: drop the whole file "
                             "again (copiers: write to a *.part or dot-file name and rename when done)")
 
@@ -255,6 +259,9 @@ def start_over(job: JobRecord) -> None:
 
 
 # ------------------------------------------------------------------------------------------ truncated media
+# A file that looks cut short is held this long after its last change (20 x settle_seconds, within these bounds)
+# before it is quarantined as truncated.
+INCOMPLETE_HOLD_MIN, INCOMPLETE_HOLD_MAX = 60.0, 600.0
 WAV_SIZE_UNKNOWN = 0xFFFF0000  # streaming writers put 0 or ~4 GiB in the size fields until they finish
 
 

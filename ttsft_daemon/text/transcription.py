@@ -226,7 +226,10 @@ def _load_problem(cfg: TranscriptionConfig, resolved: str, models_dir: Path, whe
 
 
 def read_mono(path: Path) -> tuple[np.ndarray, int]:
-    """An audio file as mono float32 samples and its rate; RejectedInput when it cannot be read."""
+    """An audio file as mono float32 samples and its rate; RejectedInput when it cannot be decoded. A file the
+    filesystem refuses to open (permissions, I/O error) raises its OSError: the state root's fault, retried."""
+    with open(path, "rb"):
+        pass
     try:
         samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ttsft_daemon.config import TranscriptionConfig
-from ttsft_daemon.core.spool import atomic_write_json, read_json, tmp_name
+from ttsft_daemon.core.atomic import atomic_path, atomic_write_json, read_json
 from ttsft_daemon.errors import TransientError
 from ttsft_daemon.logs import get_logger
 from ttsft_daemon.training.progress import STATE_FILE, now_iso
@@ -134,14 +134,8 @@ def speak_sentences(onnx: Path, sentences: list[str], wav_dir: Path) -> list[Pat
     paths = []
     for index, text in enumerate(sentences):
         path = wav_dir / f"{index:02d}.wav"
-        tmp = tmp_name(path)
-        try:
-            with wave.open(str(tmp), "wb") as wav_file:
-                voice.synthesize_wav(text, wav_file)
-            tmp.replace(path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp, wave.open(str(tmp), "wb") as wav_file:
+            voice.synthesize_wav(text, wav_file)
         paths.append(path)
     return paths
 

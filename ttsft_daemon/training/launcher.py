@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,11 @@ from lightning.pytorch.callbacks import Callback
 from piper.train.__main__ import VitsLightningCLI
 
 from ttsft_daemon.core.spool import atomic_write_bytes, atomic_write_json, fsync_dir, read_json, tmp_name
+from ttsft_daemon.training.fast.checkpoint import BackgroundWriter, CheckpointThrottle, host_snapshot
 from ttsft_daemon.training.progress import (
     CACHE_MARKER,
     ProgressFile,
+    StepReporter,
     checkpoint_name,
     now_iso,
     point_last_checkpoint,
@@ -104,14 +106,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     atomic, when $TMPDIR is another file system; it also holds the whole checkpoint in memory first.)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, background: bool = False) -> None:
         super().__init__()
-        self.last_save_seconds = 0.0
+        self.last_save_seconds = 0.0  # what the save cost the training thread
+        self.background = background  # write on a thread from a host snapshot (fast mode on CUDA)
+        self.writer = BackgroundWriter()
+        self.on_written: Callable[[Path, float], None] | None = None  # called once the next save is on disk
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         started = time.monotonic()
         dest = Path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        written, self.on_written = self.on_written, None
+        if not self.background:
+            self._write(checkpoint, dest)
+            self.last_save_seconds = time.monotonic() - started
+            if written is not None:
+                written(dest, self.last_save_seconds)
+            return
+        self.writer.wait()  # at most one write in flight
+        snapshot = host_snapshot(checkpoint)
+        self.last_save_seconds = time.monotonic() - started
+
+        def work() -> None:
+            self._write(snapshot, dest)
+            if written is not None:
+                written(dest, self.last_save_seconds)
+
+        self.writer.submit(work)
+
+    def wait(self) -> None:
+        """Block until the background write (if any) is on disk; re-raise its error."""
+        self.writer.wait()
+
+    @staticmethod
+    def _write(checkpoint: dict[str, Any], dest: Path) -> None:
         tmp = tmp_name(dest)
         try:
             with open(tmp, "wb") as fh:
@@ -123,7 +152,99 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
             raise
         fsync_dir(dest.parent)
-        self.last_save_seconds = time.monotonic() - started
+
+
+def _sync(pl_module: Any) -> None:
+    if pl_module.device.type == "cuda":
+        torch.cuda.synchronize(pl_module.device)
+
+
+class StepLog(Callback):
+    """Per-step losses and per-epoch timings, one JSON line per epoch (for loss curves and benchmarks).
+
+    Each line: epoch (completed), steps (batches in it), losses {name: [value per batch]} for the names in
+    KEYS that the model logs, train_seconds (first batch to validation start), validation_seconds,
+    checkpoint_seconds (time spent in trainer.save_checkpoint: what saving cost the training thread),
+    wall_seconds (this epoch's start to the next one's, or to the end of training), started (unix time).
+    Losses stay on the device until the epoch's end (one read per epoch); timings are read after a device
+    sync, four per epoch.
+    """
+
+    KEYS = ("loss_g", "loss_d", "train_gen", "train_disc", "train_mel", "train_fm", "train_kl", "train_dur")
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._record: dict[str, Any] | None = None
+        self._steps: list[dict[str, torch.Tensor]] = []
+        self._checkpoint_seconds = 0.0
+        self._started = 0.0
+        self._validation_started: float | None = None
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        save = trainer.save_checkpoint
+
+        def timed_save(*args: Any, **kwargs: Any) -> Any:
+            started = time.monotonic()
+            try:
+                return save(*args, **kwargs)
+            finally:
+                self._checkpoint_seconds += time.monotonic() - started
+
+        trainer.save_checkpoint = timed_save
+
+    def add_checkpoint_seconds(self, seconds: float) -> None:
+        """Count `seconds` (e.g. waiting for a background write) as checkpoint time of the current epoch."""
+        self._checkpoint_seconds += seconds
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        _sync(pl_module)
+        self._flush()
+        self._started = time.monotonic()
+        self._validation_started = None
+        self._steps = []
+        self._checkpoint_seconds = 0.0
+        self._record = {"epoch": trainer.current_epoch + 1, "started": time.time(), "validation_seconds": 0.0}
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        metrics = trainer.callback_metrics
+        self._steps.append({k: metrics[k].detach().float().clone() for k in self.KEYS
+                            if isinstance(metrics.get(k), torch.Tensor)})
+
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if self._record is not None and not trainer.sanity_checking:
+            _sync(pl_module)
+            self._validation_started = time.monotonic()
+            self._record.setdefault("train_seconds", round(self._validation_started - self._started, 4))
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._record is not None and self._validation_started is not None:
+            _sync(pl_module)
+            self._record["validation_seconds"] += round(time.monotonic() - self._validation_started, 4)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._record is None:
+            return
+        _sync(pl_module)
+        self._record.setdefault("train_seconds", round(time.monotonic() - self._started, 4))
+        names = [k for k in self.KEYS if all(k in step for step in self._steps)] if self._steps else []
+        values = torch.stack([torch.stack([s[k] for s in self._steps]) for k in names]).cpu().tolist() if names else []
+        self._record["steps"] = len(self._steps)
+        self._record["losses"] = dict(zip(names, values, strict=True))
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        _sync(pl_module)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._record is None or "losses" not in self._record:
+            return
+        self._record["checkpoint_seconds"] = round(self._checkpoint_seconds, 4)
+        self._record["wall_seconds"] = round(time.monotonic() - self._started, 4)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(self._record) + "\n")
+        self._record = None
 
 
 class TtsftSupervisor(Callback):
@@ -135,6 +256,13 @@ class TtsftSupervisor(Callback):
         every_n_epochs: save a checkpoint every this many epochs, and always after the final epoch.
         quality: quality label stored in the checkpoints (x_low, low, medium, high).
         exit_with_parent: stop training when the process that started this one exits.
+        fast: the project's faster training pieces (ttsft_daemon.training.fast); read by `fit_main` before
+            the model is built, and here: on CUDA, checkpoints are written in the background.
+        checkpoint_share: on CUDA in fast mode, skip a due checkpoint (not the final one) while saving would
+            take more than this share of the wall time (0: save whenever due).
+        step_lr_schedulers: step piper's learning-rate schedulers after each epoch (piper's manual
+            optimisation never steps them, so its configured decay never happens).
+        step_log: JSON-lines file of per-step losses and per-epoch timings (see `StepLog`).
     """
 
     def __init__(
@@ -144,12 +272,23 @@ class TtsftSupervisor(Callback):
         every_n_epochs: int = 1,
         quality: str | None = None,
         exit_with_parent: bool = False,
+        fast: bool = False,
+        checkpoint_share: float = 0.05,
+        step_lr_schedulers: bool = True,
+        step_log: str | None = None,
     ) -> None:
         super().__init__()
         self.progress = ProgressFile(Path(progress_file)) if progress_file else None
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.every_n_epochs = max(1, every_n_epochs)
         self.quality = quality
+        self.fast = fast
+        self.step_lr_schedulers = step_lr_schedulers
+        self.step_log = StepLog(step_log) if step_log else None
+        self.steps = StepReporter()
+        self.throttle = CheckpointThrottle(0.0)
+        self._checkpoint_share = checkpoint_share
+        self._progress_lock = threading.Lock()  # the background writer records its checkpoints too
         self._epoch_started = 0.0
         self._epoch_cpu_started = 0.0
         self._validation_started = 0.0
@@ -159,24 +298,71 @@ class TtsftSupervisor(Callback):
             threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
 
     # Lightning hooks ---------------------------------------------------------------------------
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        on_gpu = trainer.strategy.root_device.type == "cuda"
+        if self.fast and on_gpu:
+            io = trainer.strategy.checkpoint_io
+            if isinstance(io, AtomicCheckpointIO):
+                io.background = True
+            self.throttle = CheckpointThrottle(self._checkpoint_share)
+        if self.step_log is not None:
+            self.step_log.setup(trainer, pl_module, stage)
+
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         cache_dir = getattr(trainer.datamodule, "cache_dir", None)
         if trainer.is_global_zero and cache_dir is not None:  # piper's prepare_data has completed
             atomic_write_bytes(Path(cache_dir) / CACHE_MARKER, now_iso().encode())
 
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        started = time.monotonic()
+        self._wait_for_writer(trainer)  # the final checkpoint is on disk before the trainer exits
+        if self.step_log is not None:
+            self.step_log.add_checkpoint_seconds(time.monotonic() - started)
+            self.step_log.on_train_end(trainer, pl_module)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._wait_for_writer(trainer)
+
+    def _wait_for_writer(self, trainer: Any) -> None:
+        io = trainer.strategy.checkpoint_io
+        if isinstance(io, AtomicCheckpointIO):
+            io.wait()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.step_log is not None:
+            self.step_log.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.is_global_zero:  # the bounded-rate progress line of a running epoch (progress.StepReporter)
+            batches = trainer.num_training_batches
+            line = self.steps.on_batch(trainer.current_epoch + 1, batch_idx,
+                                       int(batches) if isinstance(batches, int) else None, int(trainer.global_step),
+                                       lambda: _scalar_metrics(trainer.callback_metrics))
+            if line:
+                print(line, flush=True)
+
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.step_log is not None:
+            self.step_log.on_train_epoch_start(trainer, pl_module)
         self._epoch_started = time.monotonic()
         self._epoch_cpu_started = time.process_time()
         self._validation_seconds = 0.0
 
     def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.step_log is not None:
+            self.step_log.on_validation_epoch_start(trainer, pl_module)
         self._validation_started = time.monotonic()
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.step_log is not None:
+            self.step_log.on_validation_epoch_end(trainer, pl_module)
         if not trainer.sanity_checking:
             self._validation_seconds += time.monotonic() - self._validation_started
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.step_log is not None:
+            self.step_log.on_train_epoch_end(trainer, pl_module)
+        if self.step_lr_schedulers:
+            for config in trainer.lr_scheduler_configs:
+                config.scheduler.step()
         completed = trainer.current_epoch + 1
         train_seconds = time.monotonic() - self._epoch_started - self._validation_seconds
         self._metrics = _scalar_metrics(trainer.callback_metrics)
@@ -193,7 +379,8 @@ class TtsftSupervisor(Callback):
             "finished": now_iso(),
         }
         if trainer.is_global_zero and self.progress is not None:
-            self.progress.record_epoch(record, int(trainer.max_epochs or -1))
+            with self._progress_lock:
+                self.progress.record_epoch(record, int(trainer.max_epochs or -1))
         if self._should_save(completed, trainer.max_epochs):
             self._save(trainer, completed)
         if trainer.is_global_zero:
@@ -218,27 +405,36 @@ class TtsftSupervisor(Callback):
     # checkpoints -------------------------------------------------------------------------------
     def _should_save(self, completed: int, max_epochs: int | None) -> bool:
         final = max_epochs is not None and max_epochs > 0 and completed >= max_epochs
-        return final or completed % self.every_n_epochs == 0
+        due = final or completed % self.every_n_epochs == 0
+        return due and self.throttle.should_save(final)
 
     def _save(self, trainer: Any, completed: int) -> None:
         folder = self.checkpoint_dir or Path(trainer.default_root_dir) / "checkpoints"
         path = folder / checkpoint_name(completed - 1, int(trainer.global_step))
-        trainer.save_checkpoint(path)
-        if not trainer.is_global_zero:
-            return
-        point_last_checkpoint(path)
         io = trainer.strategy.checkpoint_io
-        seconds = float(getattr(io, "last_save_seconds", 0.0))
-        if self.progress is not None:
-            self.progress.record_checkpoint(path, {
-                "epoch": completed,
-                "step": int(trainer.global_step),
-                "loss": selection_loss(self._metrics),
-                "bytes": path.stat().st_size,
-                "save_seconds": round(seconds, 3),
-                "saved": now_iso(),
-            })
-        print(f"[ttsft] checkpoint {path.name} ({path.stat().st_size / 1e6:.0f} MB, {seconds:.1f}s)", flush=True)
+        step = int(trainer.global_step)
+        loss = selection_loss(self._metrics)
+        started = time.monotonic()
+
+        def written(dest: Path, blocking_seconds: float) -> None:
+            """Runs once the file is complete: here, or on the background writer's thread."""
+            point_last_checkpoint(dest)
+            size = dest.stat().st_size
+            if self.progress is not None:
+                with self._progress_lock:
+                    self.progress.record_checkpoint(dest, {
+                        "epoch": completed, "step": step, "loss": loss, "bytes": size,
+                        "save_seconds": round(blocking_seconds, 3), "saved": now_iso(),
+                    })
+            print(f"[ttsft] checkpoint {dest.name} ({size / 1e6:.0f} MB, {blocking_seconds:.1f}s"
+                  f"{', written in the background' if getattr(io, 'background', False) else ''})", flush=True)
+
+        if trainer.is_global_zero and isinstance(io, AtomicCheckpointIO):
+            io.on_written = written
+        trainer.save_checkpoint(path)
+        self.throttle.saved(time.monotonic() - started)
+        if trainer.is_global_zero and not isinstance(io, AtomicCheckpointIO):
+            written(path, float(getattr(io, "last_save_seconds", 0.0)))
 
 
 def _piper_config_of(datamodule: Any) -> dict[str, Any] | None:
@@ -270,6 +466,17 @@ class TtsftLightningCLI(VitsLightningCLI):  # type: ignore[misc]
         self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
 
+def fast_requested(args: Sequence[str]) -> bool:
+    """Whether a fit command line asks for the fast path (`--ttsft.fast true` or `--ttsft.fast=true`)."""
+    value = None
+    for index, arg in enumerate(args):
+        if arg == "--ttsft.fast" and index + 1 < len(args):
+            value = args[index + 1]
+        elif arg.startswith("--ttsft.fast="):
+            value = arg.split("=", 1)[1]
+    return value is not None and value.strip().lower() in ("true", "1", "yes", "on")
+
+
 def fit_main(args: Sequence[str] | None = None) -> int:
     """piper.train's `fit` with the fixes; `args` None parses sys.argv (as DDP's re-launched ranks do)."""
     install_fixes()
@@ -279,8 +486,16 @@ def fit_main(args: Sequence[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     logging.basicConfig(level=logging.INFO)
+    model_class: type[Any] = VitsModel
+    if fast_requested(sys.argv[1:] if args is None else args):
+        from ttsft_daemon.training import fast
+        from ttsft_daemon.training.fast.model import FastVitsModel
+
+        for line in fast.install():
+            print(f"[ttsft] fast {line}", flush=True)
+        model_class = FastVitsModel
     TtsftLightningCLI(
-        VitsModel,
+        model_class,
         VitsDataModule,
         trainer_defaults={
             "max_epochs": -1,

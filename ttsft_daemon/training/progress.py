@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ttsft_daemon.core.spool import atomic_write_json, fsync_dir, read_json, tmp_name
+from ttsft_daemon.core.atomic import atomic_path, atomic_write_json, read_json
 
 CHECKPOINTS_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -79,13 +80,11 @@ def last_checkpoint(folder: Path) -> Path | None:
 def point_last_checkpoint(checkpoint: Path) -> Path:
     """Atomically make `last.ckpt` beside `checkpoint` refer to it (a relative symlink, else a hard link)."""
     last = checkpoint.parent / LAST_CHECKPOINT
-    tmp = tmp_name(last)
-    try:
-        os.symlink(checkpoint.name, tmp)
-    except OSError:
-        os.link(checkpoint, tmp)
-    os.replace(tmp, last)
-    fsync_dir(last.parent)
+    with atomic_path(last) as tmp:
+        try:
+            os.symlink(checkpoint.name, tmp)
+        except OSError:
+            os.link(checkpoint, tmp)
     return last
 
 
@@ -140,3 +139,42 @@ class ProgressFile:
 
 def read_progress(training_dir: Path) -> dict[str, Any]:
     return read_json(training_dir / PROGRESS_FILE) or {}
+
+
+STEP_LINE_SECONDS = 30.0  # at most one "[ttsft] step ..." line this often while an epoch runs
+
+
+class StepReporter:
+    """The trainer's line while an epoch runs, at a bounded rate: step, batches/s, epoch ETA and losses.
+
+    The runner passes every `[ttsft]` line of the trainer to the daemon's log (and so to the journal). `on_batch`
+    returns the line when one is due (never on an epoch's first batch: no rate yet), else None; `metrics` is only
+    called then (on a GPU, reading the losses syncs with the device).
+    """
+
+    def __init__(self, interval: float = STEP_LINE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._epoch: int | None = None
+        self._epoch_started = 0.0
+        self._first_batch = 0
+        self._last = 0.0
+
+    def on_batch(self, epoch: int, batch_idx: int, batches: int | None, global_step: int,
+                 metrics: Callable[[], Mapping[str, float]]) -> str | None:
+        now = self.clock()
+        if self._epoch != epoch or batch_idx < self._first_batch:
+            self._epoch, self._epoch_started, self._first_batch, self._last = epoch, now, batch_idx, now
+            return None
+        if now - self._last < self.interval:
+            return None
+        self._last = now
+        done = batch_idx + 1 - self._first_batch
+        rate = done / max(now - self._epoch_started, 1e-9)
+        of = f"/{batches}" if batches else ""
+        eta = f" eta {(batches - batch_idx - 1) / rate:.0f}s" if batches and rate > 0 else ""
+        wanted = ("loss_g", "loss_d", "train_mel", "val_mel")
+        values = metrics()
+        losses = " ".join(f"{k}={values[k]:.4g}" for k in wanted if k in values)
+        return (f"[ttsft] step {global_step} epoch {epoch} batch {batch_idx + 1}{of} {rate:.3g} batches/s"
+                f"{eta} {losses}").rstrip()

@@ -463,6 +463,7 @@ class TrainingRun:
             "--ttsft.every_n_epochs", str(cfg.checkpoint_every_epochs),
             "--ttsft.quality", self.state.quality or cfg.quality,
             "--ttsft.exit_with_parent", "true",
+            "--ttsft.fast", "true" if cfg.fast else "false",  # the launcher reads it before building the model
             *self.extra_args,
         ]
         if self.resume_from is not None:

@@ -20,7 +20,7 @@ from ttsft_daemon.core.spool import Layout, Spool, atomic_write_json, read_json
 from ttsft_daemon.dataset import summary
 from ttsft_daemon.errors import TransientError
 
-log = structlog.get_logger("ttsft.trainer")
+log = structlog.get_logger(__name__)
 
 TRAINER_THREAD = "ttsft-trainer"
 
@@ -75,8 +75,10 @@ def due(config: Config, layout: Layout, voice: str, force: bool = False) -> int 
     return target
 
 
-def train_voice(config: Config, spool: Spool, voice: str, target: int, stop: threading.Event) -> bool:
-    """Train `voice` up to `target` epochs, then export and evaluate. True when the run finished."""
+def train_voice(config: Config, spool: Spool, voice: str, target: int, stop: threading.Event,
+                progress: Callable[[int, int], None] | None = None) -> bool:
+    """Train `voice` up to `target` epochs, then export and evaluate. True when the run finished. `progress` is
+    called with (completed epochs, target) after each epoch."""
     from ttsft_daemon.training.export import evaluate_voice, export_voice
     from ttsft_daemon.training.runner import train
 
@@ -88,6 +90,8 @@ def train_voice(config: Config, spool: Spool, voice: str, target: int, stop: thr
 
     def on_epoch(state: Any) -> None:
         epoch, ckpt = int(state.epoch), state.last_checkpoint
+        if progress is not None:
+            progress(epoch, target)
         log.info("epoch done", stage="train", voice=voice, epoch=epoch, checkpoint=str(ckpt),
                  losses=getattr(state, "losses", None))
         _record_in_jobs(spool, voice, epoch, ckpt)
@@ -108,7 +112,19 @@ def train_voice(config: Config, spool: Spool, voice: str, target: int, stop: thr
     _record_in_jobs(spool, voice, state.epoch, state.last_checkpoint)
     log.info("voice exported", stage="train", voice=voice, onnx=str(onnx), epoch=state.epoch,
              wer=evaluation.get("wer"), duration_s=round(time.monotonic() - started, 1))
+    _after_export(config, layout, voice, state.epoch, onnx, evaluation)
     return True
+
+
+def _after_export(config: Config, layout: Layout, voice: str, epoch: int, onnx: Path,
+                  evaluation: dict[str, Any]) -> None:
+    """The voice's report.html, then the `voice_exported` notification (neither ever fails the training)."""
+    from ttsft_daemon.events import VOICE_EXPORTED, notify
+    from ttsft_daemon.report import write_report_quietly
+
+    report = write_report_quietly(layout.root, voice, config.source)
+    notify(config.notify, VOICE_EXPORTED, voice=voice, epoch=epoch, wer=evaluation.get("wer"), onnx=str(onnx),
+           report=str(report) if report else None)
 
 
 def _record_in_jobs(spool: Spool, voice: str, epoch: int, ckpt: Any) -> None:
@@ -222,12 +238,19 @@ def train_now(config: Config, voice: str | None) -> int:
             continue
         target = due(config, spool.layout, name, force=True)
         assert target is not None
+        from functools import partial
+
+        from ttsft_daemon.console import Progress
+
+        bar = Progress(f"train {name}")
         try:
-            finished = train_voice(config, spool, name, target, stop)
+            finished = train_voice(config, spool, name, target, stop, progress=partial(bar.update, detail="epochs"))
         except TransientError as exc:
+            bar.close()
             print(f"training '{name}' failed: {exc} (see {spool.layout.training(name) / 'train.log'})")
             code = 1
             continue
+        bar.close()
         onnx = spool.layout.training(name) / f"{name}.onnx"
         print(f"{name}: {'exported ' + str(onnx) if finished else 'stopped; run again to resume'}")
     return code

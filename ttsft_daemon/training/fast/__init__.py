@@ -1,0 +1,37 @@
+"""The project's faster versions of piper.train's hot pieces, installed in the training process.
+
+`install()` swaps them into piper's modules (module attributes and class methods, never files), and the
+launcher builds `FastVitsModel` instead of piper's `VitsModel`. Each piece is in its own module, with the
+reason and the exactness argument in its docstring; tests/test_training_fast.py compares each one with
+piper's original on random inputs.
+
+    mas          monotonic alignment search as a Triton kernel on the GPU (piper's host path elsewhere)
+    segments     slice_segments as one gather; rand_slice_segments without a sync
+    spline       the flows' spline without boolean-mask indexing
+    flows        Flip's zeros and the duration predictor's noise without host-device copies
+    losses       no .item() in the discriminator loss, no range check in the mel features
+    batch        batches in pinned memory
+    model        FastVitsModel: no discriminator grads in the generator step, one real-audio
+                 discriminator pass, fused AdamW on CUDA
+    checkpoint   background checkpoint writes and a wall-time share for saving (CUDA only)
+"""
+
+from __future__ import annotations
+
+from ttsft_daemon.training.fast import batch, flows, losses, mas, patching, segments, spline
+
+_installed: list[str] = []
+
+
+def install() -> list[str]:
+    """Patch piper.train's modules (idempotent); returns one line per replacement."""
+    if not _installed:
+        for module in (mas, segments, spline, flows, losses, batch):
+            _installed.append(module.install())
+    return list(_installed)
+
+
+def uninstall() -> None:
+    """Put piper's originals back (for comparisons in one process)."""
+    patching.restore_all()
+    _installed.clear()

@@ -1,0 +1,82 @@
+"""Host-to-device copies taken out of the flows (replaces `modules.Flip.forward` and the training branch
+of `models.StochasticDurationPredictor.forward`).
+
+piper's `Flip` builds its zero log-determinant on the host and copies it over (`torch.zeros(b).type_as(x)`),
+eight times a step; the duration predictor draws its posterior noise on the host and copies it the same
+way. A copy from pageable host memory waits for the device. Here the zeros are made on the device, and the
+noise is still drawn by the CPU generator (same numbers as piper) but sent from pinned memory without
+waiting. Both are exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from ttsft_daemon.training.fast.patching import replace
+from ttsft_daemon.training.fast.segments import to_device_async
+
+_original_sdp_forward: Callable[..., Any] | None = None
+
+
+def flip_forward(self: Any, x: torch.Tensor, *args: Any, reverse: bool = False,
+                 **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    x = torch.flip(x, [1])
+    if reverse:
+        return x
+    return x, x.new_zeros(x.size(0))
+
+
+def sdp_forward(self: Any, x: torch.Tensor, x_mask: torch.Tensor, w: torch.Tensor | None = None,
+                g: torch.Tensor | None = None, reverse: bool = False, noise_scale: float = 1.0) -> Any:
+    """The stochastic duration predictor's negative log-likelihood [b] (training); inference as piper."""
+    if reverse:
+        assert _original_sdp_forward is not None
+        return _original_sdp_forward(self, x, x_mask, w=w, g=g, reverse=reverse, noise_scale=noise_scale)
+    assert w is not None
+    x = self.pre(torch.detach(x))
+    if g is not None:
+        x = x + self.cond(torch.detach(g))
+    x = self.convs(x, x_mask)
+    x = self.proj(x) * x_mask
+
+    h_w = self.post_pre(w)
+    h_w = self.post_convs(h_w, x_mask)
+    h_w = self.post_proj(h_w) * x_mask
+    noise = to_device_async(torch.randn(w.size(0), 2, w.size(2)), x.device)  # the CPU generator, as piper
+    e_q = noise.to(dtype=x.dtype) * x_mask
+    z_q = e_q
+    logdet_tot_q: Any = 0
+    for flow in self.post_flows:
+        z_q, logdet_q = flow(z_q, x_mask, g=(x + h_w))
+        logdet_tot_q += logdet_q
+    z_u, z1 = torch.split(z_q, [1, 1], 1)
+    u = torch.sigmoid(z_u) * x_mask
+    z0 = (w - u) * x_mask
+    logdet_tot_q += torch.sum((F.logsigmoid(z_u) + F.logsigmoid(-z_u)) * x_mask, [1, 2])
+    logq = torch.sum(-0.5 * (math.log(2 * math.pi) + (e_q**2)) * x_mask, [1, 2]) - logdet_tot_q
+
+    logdet_tot: Any = 0
+    z0, logdet = self.log_flow(z0, x_mask)
+    logdet_tot += logdet
+    z = torch.cat([z0, z1], 1)
+    for flow in self.flows:
+        z, logdet = flow(z, x_mask, g=x, reverse=reverse)
+        logdet_tot = logdet_tot + logdet
+    nll = torch.sum(0.5 * (math.log(2 * math.pi) + (z**2)) * x_mask, [1, 2]) - logdet_tot
+    return nll + logq
+
+
+def install() -> str:
+    global _original_sdp_forward
+    from piper.train.vits import models, modules
+
+    replace(modules.Flip, "forward", flip_forward)
+    if models.StochasticDurationPredictor.forward is not sdp_forward:
+        _original_sdp_forward = models.StochasticDurationPredictor.forward
+        replace(models.StochasticDurationPredictor, "forward", sdp_forward)
+    return "flows: device-side zeros, duration noise sent without a sync"
