@@ -40,9 +40,6 @@ if [ "$(cat .venv/.ttsft-stamp 2>/dev/null)" != "$main_stamp" ]; then
   # The speaker encoder's weights ship in resemblyzer's wheel; its declared dependencies (webrtcvad needs a compiler,
   # old typing pins) are not needed: the project reads only the weights (ttsft_daemon/audio/speaker.py).
   quiet .venv/bin/pip install -q --no-deps -c constraints.txt resemblyzer webrtcvad-wheels
-  # Speaker encoder: resemblyzer ships its GE2E weights in the wheel; its declared deps (webrtcvad needs a
-  # compiler, a 'typing' backport) are not wanted: --no-deps, with the prebuilt webrtcvad-wheels.
-  quiet .venv/bin/pip install -q --no-deps -c constraints.txt resemblyzer webrtcvad-wheels
   echo "$main_stamp" >.venv/.ttsft-stamp
 fi
 
@@ -90,13 +87,9 @@ if [ ! -f models/piper/en_US-joe-medium.onnx.json ]; then
   cp "$src/en_US-joe-medium.onnx" models/piper/ && cp "$src/en_US-joe-medium.onnx.json" models/piper/
 fi
 if [ ! -f models/speech/.probe ]; then
-  say "real multi-speaker speech for tests (Debian asterisk prompts, pyannote.audio's sample; ~140 MB)"
-  quiet .venv/bin/python tests/realspeech.py fetch
-fi
-if [ ! -f models/speech/.probe ]; then
   # Real human speech of several people (Debian's Asterisk voice prompts, pyannote's sample call) for the speaker
   # tests and benchmarks: tests/REALSPEECH_SOURCES.md lists sources and licences.
-  say "real-speech test material (Debian and PyPI packages)"
+  say "real multi-speaker speech for tests (Debian's Asterisk prompts, pyannote.audio's sample; ~140 MB)"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   apt-get download --print-uris asterisk-core-sounds-en-wav >/dev/null 2>&1 || quiet $SUDO apt-get update
   quiet .venv/bin/python tests/realspeech.py fetch

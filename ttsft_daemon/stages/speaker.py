@@ -27,7 +27,14 @@ import numpy as np
 import structlog
 
 from ttsft_daemon.audio.media import decode_to_wav
-from ttsft_daemon.audio.speaker import SpeakerEncoder, SpeakerParams, choose_target, cosine, find_change
+from ttsft_daemon.audio.speaker import (
+    SpeakerEncoder,
+    SpeakerParams,
+    centroid,
+    choose_target,
+    cosine,
+    find_change,
+)
 from ttsft_daemon.core.atomic import atomic_copy, remove
 from ttsft_daemon.core.jobs import CLIP_SPLIT, JobRecord
 from ttsft_daemon.core.speakers import SpeakerBook, book, is_enrollment
@@ -165,6 +172,14 @@ class SpeakerStage(SpoolStage):
                 (not more or decision.total_seconds >= self.config.speaker.min_decide_seconds * DECIDE_EARLY_FACTOR):
             self._save(bk, "decided", "dominant", decision.centroid, clusters, f"voice {voice}: {decision.detail}")
             return decision.centroid
+        if not more and decision.state == "too_little_speech" and len(decision.clusters) <= 1:
+            # All there is of the voice, and no second speaker in it: too little to call anyone dominant, but
+            # nobody to tell apart either (the clips still have to match what was heard).
+            ref = decision.clusters[0].centroid if decision.clusters else centroid(
+                np.stack([e for _, e in clips.values()]), np.array([s for s, _ in clips.values()]))
+            self._save(bk, "decided", "dominant", ref, clusters,
+                       f"voice {voice}: one speaker in all {_minutes(clips)} heard so far")
+            return ref
         if more:
             self._save(bk, "collecting", "dominant", None, clusters,
                        f"voice {voice}: {_minutes(clips)} heard so far; the target is chosen once the recordings "
