@@ -32,11 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests import daemon_support  # noqa: E402  (the one launcher of real daemon processes)
 from ttsft_daemon.demo import audio as demo_audio  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 RESULTS = REPO / "bench" / "results"
-DAEMON = REPO / ".venv" / "bin" / "ttsft-daemon"
 MIX_RATE = 44100
 PAUSE_RANGE = (0.6, 1.2)
 LEAD_SECONDS = 0.5
@@ -195,15 +195,11 @@ def write_config(path: Path, root: Path, sections: dict[str, dict[str, Any]]) ->
 
 
 def daemon_command(config: Path, exit_when_idle: bool) -> list[str]:
-    return [str(DAEMON), "run", "--config", str(config), *(["--exit-when-idle"] if exit_when_idle else [])]
+    return daemon_support.daemon_command(config, exit_when_idle)
 
 
 def start_daemon(config: Path, log: Path, exit_when_idle: bool) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("NOTIFY_SOCKET", None)
-    with open(log, "ab") as fh:
-        return subprocess.Popen(daemon_command(config, exit_when_idle), stdout=fh, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, cwd=str(REPO))
+    return daemon_support.start_daemon(config, log, exit_when_idle)
 
 
 @dataclass
@@ -231,7 +227,7 @@ def run_measured(cmd: list[str], log: Path, timeout: float, env: dict[str, str] 
                  sampler: TreeSampler | None = None) -> ProcessRun:
     with measured() as m, open(log, "ab") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, cwd=str(REPO))
+                                env=daemon_support.daemon_env(env), cwd=str(REPO))
         if sampler is not None:
             sampler.watch(proc.pid)
         try:

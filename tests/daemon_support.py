@@ -35,16 +35,26 @@ def write_config(path: Path, root: Path, **sections: dict[str, Any]) -> Path:
     return path
 
 
+def daemon_command(config: Path, exit_when_idle: bool = True) -> list[str]:
+    """The one way tests and benchmarks start a real daemon process (this interpreter, the package in REPO)."""
+    return [sys.executable, "-m", "ttsft_daemon", "run", "--config", str(config),
+            *(["--exit-when-idle"] if exit_when_idle else [])]
+
+
+def daemon_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Unbuffered output; no inherited NOTIFY_SOCKET (a test's daemon must not talk to the session's systemd)
+    unless `env` gives one."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    if env is None or "NOTIFY_SOCKET" not in env:
+        full_env.pop("NOTIFY_SOCKET", None)
+    return full_env
+
+
 def start_daemon(config: Path, log: Path, exit_when_idle: bool = True,
                  env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "ttsft_daemon", "run", "--config", str(config)]
-    if exit_when_idle:
-        cmd.append("--exit-when-idle")
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env.pop("NOTIFY_SOCKET", None) if env is None or "NOTIFY_SOCKET" not in env else None
     with open(log, "ab") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=full_env, cwd=str(REPO))
+        return subprocess.Popen(daemon_command(config, exit_when_idle), stdout=fh, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=daemon_env(env), cwd=str(REPO))
 
 
 def run_daemon(config: Path, log: Path, timeout: float = 600) -> int:

@@ -25,7 +25,16 @@ from typing import Any
 import pytest
 
 from tests import badinputs as bi
-from tests.daemon_support import REPO, check_invariants, log_events, metadata_rows, wait_for, write_config
+from tests.daemon_support import (
+    REPO,
+    check_invariants,
+    daemon_command,
+    daemon_env,
+    log_events,
+    metadata_rows,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -134,10 +143,8 @@ def _is_clip(error: dict[str, Any]) -> bool:
 
 
 def _start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("NOTIFY_SOCKET", None)
     with open(log, "ab") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=daemon_env(),
                                 cwd=str(REPO))
 
 
@@ -202,7 +209,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> CorpusRun:
 
     config = write_config(base / "c.yaml", root, **bi.corpus_config())
     log = base / "daemon.log"
-    cmd = [*prefix, sys.executable, "-m", "ttsft_daemon", "run", "--config", str(config), "--exit-when-idle"]
+    cmd = [*prefix, *daemon_command(config)]
     proc = _start(cmd, log)
     taken_early: list[str] = []
     try:
@@ -449,7 +456,7 @@ def test_an_hour_long_recording_within_the_limit_is_processed(tmp_path: Path) ->
                                                            "max_duration_seconds": 4000.0},
                           daemon={"workers": {"transcribe": 1}}, quality={"dnsmos": False})
     log = tmp_path / "daemon.log"
-    proc = _start([sys.executable, "-m", "ttsft_daemon", "run", "--config", str(config), "--exit-when-idle"], log)
+    proc = _start(daemon_command(config), log)
     try:
         assert proc.wait(600) == 0, log.read_text()[-3000:]
     finally:
