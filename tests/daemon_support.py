@@ -102,7 +102,7 @@ def check_invariants(root: Path, n_inputs: int) -> dict[str, Any]:
         if p.is_file() and "locks" not in p.relative_to(root).parts:
             if p.name.startswith(".tmp."):
                 problems.append(f"leftover temporary {p}")
-            elif p.stat().st_size == 0:
+            elif p.stat().st_size == 0 and not p.name.endswith(".lock"):  # lock files are empty by design
                 problems.append(f"zero-length file {p}")
             elif p.suffix == ".json":
                 try:

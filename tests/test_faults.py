@@ -72,13 +72,19 @@ def run_daemon_process(config: Path, log: Path, env: dict[str, str] | None = Non
             proc.wait()
 
 
+VOICE_FOLDER_PREFIX = "voice-"  # an input in a folder named voice-X is dropped into inbox/X/ (voice X)
+
+
 def drop(files: list[Path], inbox: Path) -> None:
     """Copy `files` into `inbox` the way a careful uploader does: hidden name, then rename."""
-    inbox.mkdir(parents=True, exist_ok=True)
     for f in files:
-        tmp = inbox / f".{f.name}.part"
+        voice = f.parent.name.removeprefix(VOICE_FOLDER_PREFIX) if f.parent.name.startswith(VOICE_FOLDER_PREFIX) \
+            else ""
+        folder = inbox / voice if voice else inbox
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{f.name}.part"
         shutil.copyfile(f, tmp)
-        tmp.rename(inbox / f.name)
+        tmp.rename(folder / f.name)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +94,10 @@ def small_inputs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     speech = folder / "talk.wav"
     rec = make_recording([SENTENCES[0]], pause_range=(0.5, 0.6), music_db=None, seed=1, sr=SR)
     write_media(rec, speech, "wav")
-    music = folder / "jingle.mp3"
+    # The jingle goes to a voice of its own: in the speech's voice, 3 s of it against 3 s of speech would leave
+    # speaker selection unable to tell who the target is (the clips would wait for an enrollment, by design).
+    (folder / f"{VOICE_FOLDER_PREFIX}jingles").mkdir()
+    music = folder / f"{VOICE_FOLDER_PREFIX}jingles" / "jingle.mp3"
     bed = make_music(3.0, SR, seed=2)
     write_media(Recording(speech=bed, music=None, mix=bed, sr=SR, sentences=[], pauses=[]), music, "mp3")
     text = folder / "notes.mp3"

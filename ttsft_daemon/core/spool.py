@@ -415,7 +415,8 @@ class Spool:
         lay = self.layout
         with os.scandir(lay.root) as entries:
             yield from (Path(e.path) for e in entries if _is_temporary(e.name) and e.is_file())
-        for top in (lay.root / "spool", lay.datasets, lay.checkpoints, lay.failed, lay.work, lay.trainings):
+        for top in (lay.root / "spool", lay.datasets, lay.checkpoints, lay.failed, lay.work, lay.trainings,
+                    lay.root / "speakers"):
             for dirpath, _dirs, files in os.walk(top):
                 yield from (Path(dirpath) / n for n in files if _is_temporary(n))
 

@@ -323,6 +323,7 @@ class Daemon:
         self.notifier.ready(status="started")
         last_status = last_ping = 0.0
         last_sweep = time.monotonic()
+        published_disk_full = False
         ping_every = min(self.notifier.watchdog_interval() or 5.0, 5.0)
         idle_rounds = 0
         while not self.stopping.is_set():
@@ -340,8 +341,10 @@ class Daemon:
                     self.notifier.watchdog()
                 elif time.monotonic() - last_status > 5:
                     log.error("workers not responding: withholding WATCHDOG=1", threads=stale)
-            if time.monotonic() - last_status > 5:
+            # Every 5 s, and at once when the disk (or the state root's permissions) starts or stops failing us.
+            if time.monotonic() - last_status > 5 or self.disk_full.is_set() != published_disk_full:
                 last_status = time.monotonic()
+                published_disk_full = self.disk_full.is_set()
                 self._publish_status()
             if self.exit_when_idle:
                 failed_open = [p.name for p in self.pools.values() if p.open_failed]
