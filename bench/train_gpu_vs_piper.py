@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, default=4)
     p.add_argument("--accelerator", default="gpu", choices=["cpu", "gpu"])
     p.add_argument("--runs", default="project,plain-a,plain-b")
+    p.add_argument("--plain-b-seed", type=int, default=1234,
+                   help="seed of the second plain run (1234 = the others' seed: the spread is then only the GPU's "
+                        "non-determinism; another seed measures a run-to-run spread that includes the seed)")
     p.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "train_gpu_vs_piper")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train_gpu_vs_piper.json")
     p.add_argument("--quick", action="store_true", help="tiny CPU check: 1 min of speech, x_low, batch 4, 2 epochs")
@@ -135,7 +138,7 @@ class GpuSampler:
 # ----------------------------------------------------------------------------------------------- runs
 
 
-def piper_args(args: argparse.Namespace, data: dict[str, Path], root: Path) -> list[str]:
+def piper_args(args: argparse.Namespace, data: dict[str, Path], root: Path, seed: int = 1234) -> list[str]:
     from ttsft_daemon.training import sizes
 
     return [
@@ -147,7 +150,7 @@ def piper_args(args: argparse.Namespace, data: dict[str, Path], root: Path) -> l
         "--model.sample_rate", "22050", *sizes.model_args(args.quality), "--model.mos_metric", "none",
         "--trainer.max_epochs", str(args.epochs), "--trainer.accelerator", args.accelerator,
         "--trainer.devices", "1", "--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", str(root), "--seed_everything", "1234",
+        "--trainer.default_root_dir", str(root), "--seed_everything", str(seed),
         *(["--trainer.limit_train_batches", "0.5"] if args.quick else []),
     ]
 
@@ -157,7 +160,9 @@ def run_plain(name: str, args: argparse.Namespace, data: dict[str, Path]) -> tup
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     log = root / "steps.jsonl"
-    command = [sys.executable, str(Path(__file__).resolve()), "--plain-child", *piper_args(args, data, root), str(log)]
+    seed = args.plain_b_seed if name == "plain-b" else 1234
+    command = [sys.executable, str(Path(__file__).resolve()), "--plain-child", *piper_args(args, data, root, seed),
+               str(log)]
     started = time.time()
     with open(root / "train.log", "wb") as out:
         done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=root,
