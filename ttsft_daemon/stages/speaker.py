@@ -113,7 +113,11 @@ class SpeakerStage(SpoolStage):
             bk.add(cid, seconds, emb)
         else:
             emb = stored[1]
-        reference = self._target(voice, bk, exclude=cid)
+        try:
+            reference = self._target(voice, bk, exclude=cid)
+        except BaseException:
+            self._decided_at.pop(voice, None)  # the state may not have been saved (a full disk): look again
+            raise
         if reference is None:
             raise Deferred(str(bk.state().get("detail") or "the target speaker is not known yet"), WAIT_SECONDS)
         p = self.params()
