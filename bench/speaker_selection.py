@@ -37,15 +37,8 @@ from ttsft_daemon.demo.sample_data import sample_sentences
 
 
 def accepted_seconds(root: Path, voice: str, conv: rs.Conversation) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for p in sorted((root / "dataset" / voice / "clips").glob("*.json")):
-        clip = json.loads(p.read_text())
-        start, end = float(clip["start"]), float(clip["end"])
-        for t in conv.turns:
-            overlap = min(end, t.end) - max(start, t.start)
-            if overlap > 0:
-                out[t.speaker] = out.get(t.speaker, 0.0) + overlap
-    return out
+    clips = [json.loads(p.read_text()) for p in sorted((root / "dataset" / voice / "clips").glob("*.json"))]
+    return conv.seconds_by_speaker([(float(c["start"]), float(c["end"])) for c in clips])
 
 
 def run_once(work: Path, name: str, media: Path, speaker_on: bool) -> dict[str, Any]:

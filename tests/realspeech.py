@@ -267,6 +267,16 @@ class Conversation:
     def seconds_of(self, speaker: str) -> float:
         return sum(t.end - t.start for t in self.turns if t.speaker == speaker)
 
+    def seconds_by_speaker(self, spans: list[tuple[float, float]]) -> dict[str, float]:
+        """How many seconds of each speaker's turns the (start, end) spans cover (e.g. the accepted clips)."""
+        out: dict[str, float] = {}
+        for start, end in spans:
+            for t in self.turns:
+                overlap = min(end, t.end) - max(start, t.start)
+                if overlap > 0:
+                    out[t.speaker] = out.get(t.speaker, 0.0) + overlap
+        return out
+
 
 def make_interview(
     target: Sequence[Utterance],

@@ -47,14 +47,7 @@ def _accepted(root: Path, voice: str) -> list[dict[str, Any]]:
 
 
 def _seconds_by_speaker(clips: list[dict[str, Any]], conv: rs.Conversation) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for c in clips:
-        start, end = float(c["start"]), float(c["end"])
-        for t in conv.turns:
-            overlap = min(end, t.end) - max(start, t.start)
-            if overlap > 0:
-                out[t.speaker] = out.get(t.speaker, 0.0) + overlap
-    return out
+    return conv.seconds_by_speaker([(float(c["start"]), float(c["end"])) for c in clips])
 
 
 def _run(tmp: Path, name: str, drops: dict[str, rs.Conversation], music: bool, **sections: dict[str, Any]) -> Path:

@@ -186,3 +186,12 @@ def short_name(name: str, limit: int = 150) -> str:
     digest = hashlib.sha256(raw).hexdigest()[:12]
     keep = raw[: limit - 24].decode("utf-8", "ignore")
     return f"{keep}~{digest}" + (f".{ext}" if ext else "")
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """`dst` (a temporary name, committed later) gets `src`'s content: a hard link where the filesystem allows,
+    else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)

@@ -17,8 +17,6 @@ Each clip is embedded once: the embedding goes into the store and into the clip'
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from ttsft_daemon.audio.speaker import (
     cosine,
     find_change,
 )
-from ttsft_daemon.core.atomic import atomic_copy, remove
+from ttsft_daemon.core.atomic import atomic_copy, link_or_copy, remove
 from ttsft_daemon.core.jobs import CLIP_SPLIT, JobRecord
 from ttsft_daemon.core.speakers import SpeakerBook, book, is_enrollment
 from ttsft_daemon.core.spool import Item
@@ -53,13 +51,6 @@ MIN_ENROLL_SECONDS = 5.0
 # speaker.min_decide_seconds: an interview's first minute is often the host's introduction.
 DECIDE_EARLY_FACTOR = 5.0
 MIN_DECIDE_SECONDS = 10.0  # with nothing more coming, the least speech the dominant speaker is chosen on
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
 
 
 class SpeakerStage(SpoolStage):

@@ -8,13 +8,11 @@ their own items come. Each clip stays one item of its own: claims, retries and q
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from ttsft_daemon.core.atomic import link_or_copy
 from ttsft_daemon.core.jobs import CLIP_TRANSCRIBED, CLIP_WAITING, JobRecord
 from ttsft_daemon.core.spool import Item
 from ttsft_daemon.errors import RejectedInput
@@ -24,14 +22,6 @@ from ttsft_daemon.text.packing import GAP_SECONDS as PACK_GAP_SECONDS
 from ttsft_daemon.text.packing import PackedResults, plan_windows
 from ttsft_daemon.text.quality import QualityGate
 from ttsft_daemon.text.transcription import Transcriber, Transcript, read_mono, to_whisper_rate
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
 
 # One per process: the transcribe workers of a daemon share the results of the passes they made.
 PACKED = PackedResults()
