@@ -116,6 +116,36 @@ def test_choose_target_dominant_ambiguous_and_too_little(enc: sp.SpeakerEncoder)
     assert sp.choose_target([], P).state == "too_little_speech"
 
 
+def test_other_speakers_reject_a_close_voice_and_keep_the_target(enc: sp.SpeakerEncoder) -> None:
+    """A clip nearer another speaker heard in the voice than the target is that speaker's, even above the
+    threshold; the target's own clips never are (and a single-speaker voice has no other speakers)."""
+    target = _clip_embeddings(enc, "allison", 90.0)
+    june = _clip_embeddings(enc, "june", 30.0)
+    d = sp.choose_target(target + june, P)
+    assert d.state == "decided" and d.centroid is not None, d.detail
+    others = sp.other_speakers(target + june, d.centroid, P)
+    assert others, "June's clips should form a speaker of their own"
+
+    def kept(clips: list[tuple[np.ndarray, float]]) -> tuple[int, int]:
+        by_threshold = both = 0
+        for e, s in clips:
+            sim = sp.cosine(e, d.centroid)
+            if sim >= float(P.threshold_for(s)):
+                by_threshold += 1
+                both += sp.nearest_other(e, others) < sim + P.other_margin
+        return by_threshold, both
+
+    new_june = _clip_embeddings(enc, "june", 40.0, skip=40)
+    new_allison = _clip_embeddings(enc, "allison", 60.0, skip=100)
+    june_threshold, june_both = kept(new_june)
+    allison_threshold, allison_both = kept(new_allison)
+    print(f"june kept: {june_threshold} by the threshold, {june_both} by both rules, of {len(new_june)}; "
+          f"allison: {allison_threshold} / {allison_both} of {len(new_allison)}")
+    assert june_both == 0
+    assert allison_both == allison_threshold >= 0.9 * len(new_allison)
+    assert sp.other_speakers(target, sp.centroid(np.stack([e for e, _ in target])), P) == []
+
+
 def test_clustering_scales_to_10k_planted_clusters() -> None:
     rng = np.random.default_rng(1)
     centers = rng.standard_normal((5, 256))

@@ -158,6 +158,9 @@ class SpeakerConfig:
                                  "this mean the voice changes there (split, or rejected as mixed_speakers)",
                                  min=-1.0, max=1.0)
     change_min_side_seconds: float = _f(2.0, "each side of a change holds at least this much audio", min=0.1)
+    other_margin: float = _f(0.02, "a clip is another speaker's, even above the threshold, when it is this much more "
+                             "similar to another speaker heard in the voice's recordings than to the target "
+                             "(a voice close to the target's sits nearer its own cluster)", min=0.0, max=1.0)
 
 
 @dataclass(frozen=True)

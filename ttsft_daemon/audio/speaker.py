@@ -66,6 +66,9 @@ class SpeakerParams:
         `dominant_share` of the clustered seconds, at least `dominant_ratio` times the runner-up's seconds, and at
         least `min_decide_s` seconds of speech.
     merge: centroid-to-centroid cosine at or above which two clusters are one speaker.
+    other_margin: a clip that passes the threshold is still another speaker's when it is this much more similar to
+        the centroid of another speaker heard in the voice's recordings (`other_speakers`) than to the target:
+        a voice close to the target's (June against Allison: 0.85) passes a threshold but sits nearer its own.
     window_s / hop_s / change_threshold / min_side_s: `find_change` embeds windows of `window_s` every `hop_s`;
         a change is reported where the mean embeddings of the windows before and after a point are less similar
         than `change_threshold`, each side holding at least `min_side_s` seconds.
@@ -84,7 +87,7 @@ class SpeakerParams:
     hop_s: float = 0.2
     change_threshold: float = 0.72
     min_side_s: float = 2.0
-
+    other_margin: float = 0.02
 
     def threshold_for(self, seconds: float | np.ndarray) -> np.ndarray:
         """The same-speaker cosine threshold for clips of `seconds` (scalar or array)."""
@@ -472,6 +475,31 @@ def cluster_embeddings(
     groups = _merge(x, w, groups, merge)
     groups.sort(key=lambda g: -float(w[g].sum()))
     return groups
+
+
+def other_speakers(
+    clips: Sequence[tuple[np.ndarray, float]], reference: np.ndarray, params: SpeakerParams | None = None,
+    same_margin: float = 0.0,
+) -> list[np.ndarray]:
+    """Centroids of the speakers in `clips` ((embedding, seconds)) who are not the target of `reference`.
+
+    The clips are clustered as `choose_target` does; the cluster nearest the reference is the target's, and so is
+    any cluster whose centroid is within `merge` (less `same_margin`, e.g. for a stem against a clean enrollment)
+    of it. The rest, when they hold two clips or more, are other people.
+    """
+    p = params or SpeakerParams()
+    clusters = choose_target(clips, p).clusters
+    if len(clusters) < 2:
+        return []
+    sims = [cosine(c.centroid, reference) for c in clusters]
+    nearest = int(np.argmax(sims))
+    return [c.centroid for k, c in enumerate(clusters)
+            if k != nearest and c.clips >= 2 and sims[k] < p.merge - same_margin]
+
+
+def nearest_other(embedding: np.ndarray, others: Sequence[np.ndarray]) -> float:
+    """The highest cosine of `embedding` to any of `others` (-1 when there are none)."""
+    return max((cosine(embedding, o) for o in others), default=-1.0)
 
 
 def _minutes(seconds: float) -> str:

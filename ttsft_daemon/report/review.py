@@ -13,7 +13,8 @@ its corrected text. The next training run reads the corrected metadata.csv.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,25 +239,36 @@ def _find_row(rows: list[Row], cid: str) -> int | None:
     return next((i for i, r in enumerate(rows) if clip_id(r.clip_filename) == cid), None)
 
 
-def reject(root: Path, voice: str, clip: str, reason: str = "", *, lock_timeout: float = 120.0) -> ReviewResult:
-    """Take `clip` out of the voice's dataset for good: its row leaves metadata.csv, its WAV and info go to failed/
-    (stage "review", reason "rejected by hand", detail = `reason`), and review.json remembers it so that a redo of
-    its recording does not bring it back. Rejecting an already rejected clip changes nothing."""
-    cid = clip_id(clip)
+@contextmanager
+def _locked_dataset(root: Path, voice: str, lock_timeout: float) -> Iterator[tuple[Spool, Path]]:
+    """The voice's spool and dataset folder, under the dataset lock the accept stage takes."""
     spool = Spool(root)
     folder = spool.layout.dataset(voice)
     if not folder.is_dir():
         raise ReviewError(f"voice {voice!r} has no dataset under {spool.layout.datasets}")
     spool.layout.locks.mkdir(parents=True, exist_ok=True)
     with spool.locked(lock_key(voice), timeout=lock_timeout):
+        yield spool, folder
+
+
+def _not_in_dataset(cid: str, voice: str) -> ReviewError:
+    return ReviewError(f"clip {cid!r} is not in the dataset of voice {voice!r} (see `ttsft-daemon review "
+                       f"--voice {voice} list`)")
+
+
+def reject(root: Path, voice: str, clip: str, reason: str = "", *, lock_timeout: float = 120.0) -> ReviewResult:
+    """Take `clip` out of the voice's dataset for good: its row leaves metadata.csv, its WAV and info go to failed/
+    (stage "review", reason "rejected by hand", detail = `reason`), and review.json remembers it so that a redo of
+    its recording does not bring it back. Rejecting an already rejected clip changes nothing."""
+    cid = clip_id(clip)
+    with _locked_dataset(root, voice, lock_timeout) as (spool, folder):
         rows = read_rows(folder)
         edits = load_edits(folder)
         index = _find_row(rows, cid)
         if index is None:
             if cid in edits.rejected:
                 return ReviewResult(cid, "unchanged", "already rejected by hand")
-            raise ReviewError(f"clip {cid!r} is not in the dataset of voice {voice!r} (see `ttsft-daemon review "
-                              f"--voice {voice} list`)")
+            raise _not_in_dataset(cid, voice)
         row = rows[index]
         edits.rejected[cid] = {"reason": reason or "", "time": time.time(), "text": row.transcript,
                                "duration": row.duration, "quality": row.quality}
@@ -287,17 +299,11 @@ def relabel(root: Path, voice: str, clip: str, text: str, *, language: str | Non
     new_text = normalize_for_tts(" ".join(text.replace("|", " ").split()), language or "en")
     if not any(ch.isalnum() for ch in new_text):
         raise ReviewError("the new transcript is empty; to drop the clip use `review reject`")
-    spool = Spool(root)
-    folder = spool.layout.dataset(voice)
-    if not folder.is_dir():
-        raise ReviewError(f"voice {voice!r} has no dataset under {spool.layout.datasets}")
-    spool.layout.locks.mkdir(parents=True, exist_ok=True)
-    with spool.locked(lock_key(voice), timeout=lock_timeout):
+    with _locked_dataset(root, voice, lock_timeout) as (_, folder):
         rows = read_rows(folder)
         index = _find_row(rows, cid)
         if index is None:
-            raise ReviewError(f"clip {cid!r} is not in the dataset of voice {voice!r} (see `ttsft-daemon review "
-                              f"--voice {voice} list`)")
+            raise _not_in_dataset(cid, voice)
         old = rows[index]
         if old.transcript == new_text:
             return ReviewResult(cid, "unchanged", "same transcript")

@@ -32,6 +32,8 @@ from ttsft_daemon.audio.speaker import (
     choose_target,
     cosine,
     find_change,
+    nearest_other,
+    other_speakers,
 )
 from ttsft_daemon.core.atomic import atomic_copy, link_or_copy, remove
 from ttsft_daemon.core.jobs import CLIP_SPLIT, JobRecord
@@ -60,6 +62,8 @@ class SpeakerStage(SpoolStage):
         self._books: dict[str, SpeakerBook] = {}
         self._decided_at: dict[str, tuple[int, bool]] = {}  # voice -> (clips embedded, more coming) at its last look
         self._voices: dict[str, str] = {}  # item id -> voice (item ids never change their voice)
+        # voice -> (clips clustered, reference, centroids of the other speakers heard)
+        self._others: dict[str, tuple[int, np.ndarray, list[np.ndarray]]] = {}
 
     def open(self) -> None:
         if self.config.speaker.enabled:
@@ -76,7 +80,7 @@ class SpeakerStage(SpoolStage):
                              dominant_share=c.dominant_share, dominant_ratio=c.dominant_ratio,
                              min_decide_s=c.min_decide_seconds, merge=c.merge, window_s=c.change_window_seconds,
                              hop_s=c.change_hop_seconds, change_threshold=c.change_threshold,
-                             min_side_s=c.change_min_side_seconds)
+                             min_side_s=c.change_min_side_seconds, other_margin=c.other_margin)
 
     def book(self, voice: str) -> SpeakerBook:
         if voice not in self._books:
@@ -121,12 +125,31 @@ class SpeakerStage(SpoolStage):
         if similarity < need:
             raise RejectedInput("other_speaker", f"similarity {similarity:.3f} to the target of voice '{voice}' is "
                                 f"below {need:.3f} ({seconds:.1f} s clip)")
+        others = self._other_speakers(voice, bk, reference)
+        other = nearest_other(emb, others)
+        if others:
+            info["other_similarity"] = round(other, 4)
+        if other >= similarity + p.other_margin:
+            raise RejectedInput("other_speaker", f"similarity {other:.3f} to another speaker heard in voice "
+                                f"'{voice}' is above its {similarity:.3f} to the target ({seconds:.1f} s clip)")
         change = self._change(samples, sr, seconds)
         if change is not None:
             return self._split(item, meta, samples, sr, change, reference, info, ctx)
         return self._pass(item, meta, {**info, "decision": "target"}, ctx)
 
     # ------------------------------------------------------------------------------------------------ target
+    def _other_speakers(self, voice: str, bk: SpeakerBook, reference: np.ndarray) -> list[np.ndarray]:
+        """The other speakers heard in the voice's clips so far (re-clustered as the store grows by 5%)."""
+        clips = bk.all()
+        cached = self._others.get(voice)
+        if cached is not None and len(clips) < _recheck_at(cached[0]) and np.array_equal(cached[1], reference):
+            return cached[2]
+        margin = self.config.speaker.enrollment_margin if self.config.separation.enabled and \
+            bk.state().get("source") == "enrollment" else 0.0
+        others = other_speakers([(e, s) for s, e in clips.values()], reference, self.params(), margin)
+        self._others[voice] = (len(clips), reference, others)
+        return others
+
     def _target(self, voice: str, bk: SpeakerBook, exclude: str) -> np.ndarray | None:
         """The voice's reference embedding; decides (or re-checks) who the target is when the evidence changed."""
         state = bk.state()
@@ -244,8 +267,11 @@ class SpeakerStage(SpoolStage):
             part_s = len(part) / sr
             if part_s < max(self.config.segmentation.min_clip_seconds, p.min_side_s):
                 continue
-            sim = cosine(self._encoder.embed(part, sr), reference)
-            if sim < float(p.threshold_for(part_s)):
+            part_emb = self._encoder.embed(part, sr)
+            sim = cosine(part_emb, reference)
+            if sim < float(p.threshold_for(part_s)) or \
+                    nearest_other(part_emb, self._others.get(meta["voice"], (0, reference, []))[2]) >= \
+                    sim + p.other_margin:
                 continue
             start = float(meta.get("start", 0.0)) + offset
             cid = f"{meta['job_id']}-{round(start * 1000):09d}"
