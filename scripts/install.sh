@@ -36,7 +36,7 @@ if [ "$(cat .venv/.ttsft-stamp 2>/dev/null)" != "$main_stamp" ]; then
   [ -x .venv/bin/python ] || quiet "$PYTHON" -m venv .venv
   quiet .venv/bin/pip install -q --upgrade pip
   quiet .venv/bin/pip install -q -c constraints.txt torch==2.13.0
-  quiet .venv/bin/pip install -q -c constraints.txt -e '.[dev,models]'
+  quiet .venv/bin/pip install -q -c constraints.txt -e '.[dev,models,ray]'  # ray: the Ray engine's extra (tests too)
   # The speaker encoder's weights ship in resemblyzer's wheel; its declared dependencies (webrtcvad needs a compiler,
   # old typing pins) are not needed: the project reads only the weights (ttsft_daemon/audio/speaker.py).
   quiet .venv/bin/pip install -q --no-deps -c constraints.txt resemblyzer webrtcvad-wheels

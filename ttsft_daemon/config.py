@@ -225,8 +225,16 @@ class TrainingConfig:
     keep_best: int = _f(1, "lowest-loss checkpoints kept", min=0)
     disk_budget_gb: float = _f(10.0, "checkpoint disk budget per voice", min=0.5)
     accelerator: str = _f("auto", "Lightning accelerator", choices=["auto", "cpu", "gpu"])
-    devices: str = _f("auto", "Lightning devices (auto, a count, or a list like 0,1)")
-    strategy: str = _f("auto", "Lightning strategy (auto, ddp ...)")
+    devices: str = _f("auto", "Lightning devices per node: auto, a count (-1: all), or GPU indices like 0,1 "
+                      "(more than one: DDP, one process each; see docs/scaling-out.md)")
+    strategy: str = _f("auto", "Lightning strategy: auto (DDP when more than one device or node) or ddp",
+                       choices=["auto", "ddp"])
+    num_nodes: int = _f(1, "hosts training together (DDP); more than 1: start the trainer on each host with "
+                        "torchrun or srun (docs/scaling-out.md)", min=1, max=4096)
+    ddp_backend: str = _f("auto", "DDP process-group backend: auto (nccl on GPUs, gloo on CPUs), nccl, gloo",
+                          choices=["auto", "nccl", "gloo"])
+    ddp_timeout_minutes: float = _f(60.0, "DDP: how long a rank waits for the others at a barrier or gradient "
+                                    "exchange (rank 0 prepares the data cache while the others wait)", min=1.0)
     precision: str = _f("32-true", "Lightning precision")
     espeak_voice: str = _f("en-us", "espeak-ng voice of the phonemizer")
     num_workers: int = _f(1, "data loader workers", min=0)
@@ -240,6 +248,27 @@ class TrainingConfig:
         ],
         "sentences spoken by each exported voice and scored for intelligibility",
     )
+
+
+def training_device_errors(t: TrainingConfig) -> list[str]:
+    """What is wrong with training.devices / num_nodes / ddp_backend as Lightning would read them."""
+    devices = t.devices.strip().replace(" ", "")
+    errors: list[str] = []
+    if devices in ("auto", "-1") or (devices.isdigit() and int(devices) > 0):
+        pass
+    elif "," in devices and all(d.isdigit() for d in devices.split(",") if d) and devices.strip(","):
+        indices = [d for d in devices.split(",") if d]
+        if len(set(indices)) != len(indices):
+            errors.append(f"training.devices: got {t.devices!r}, a GPU index appears twice")
+        if t.accelerator == "cpu":
+            errors.append(f"training.devices: got {t.devices!r}; on the CPU give a process count (e.g. 2), GPU "
+                          "indices need training.accelerator gpu or auto")
+    else:
+        errors.append(f"training.devices: got {t.devices!r}, expected auto, a count such as 2 (-1: all), or GPU "
+                      "indices such as 0,1")
+    if t.ddp_backend == "nccl" and t.accelerator == "cpu":
+        errors.append("training.ddp_backend: nccl runs on GPUs only; use gloo (or auto) with training.accelerator cpu")
+    return errors
 
 
 @dataclass(frozen=True)
@@ -271,6 +300,44 @@ class ApiConfig:
                                        min=0.1)
 
 
+@dataclass(frozen=True)
+class RayPoolConfig:
+    actors: int = _f(0, "actors of this stage on the cluster, each loading its model once (0 = one per node alive "
+                     "when the daemon connects)", min=0, max=1024)
+    cpus: float = _f(1.0, "CPUs each actor reserves (Ray's logical CPUs)", min=0.0, max=1024.0)
+    gpus: float = _f(0.0, "GPUs each actor reserves (a fraction shares one GPU; Whisper and Spleeter use the GPU "
+                     "they are given)", min=0.0, max=64.0)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str | None = _f(None, "the Ray cluster to join: its head's host:port, or auto (the cluster that "
+                             "`ray start` joined on this host); null starts a private Ray instance on this host")
+    num_cpus: int | None = _f(None, "CPUs of the private instance (address null; null: all of this host's)", min=1)
+    task_retries: int = _f(3, "times Ray retries an item's task when its actor dies (a worker or node lost), on "
+                           "the restarted actor, before the daemon's own retry (daemon.max_attempts) counts it",
+                           min=0, max=100)
+    actor_restarts: int = _f(10, "times a dead actor is restarted (on another node when its own is gone)",
+                             min=0, max=10000)
+    models_dir: Path | None = _f(None, "offline models folder on the worker nodes (null: paths.models; when that is "
+                                 "null too, models/ beside the package on each node)")
+    spleeter_python: Path | None = _f(None, "python of the Spleeter environment on the worker nodes (null: "
+                                      "separation.python; when that is null too, .venv-spleeter/ beside the package "
+                                      "on each node)")
+    separate: RayPoolConfig = field(default_factory=RayPoolConfig, metadata={"doc": "separation actors"})
+    speaker: RayPoolConfig = field(default_factory=RayPoolConfig, metadata={"doc": "speaker-embedding actors"})
+    transcribe: RayPoolConfig = field(default_factory=RayPoolConfig,
+                                      metadata={"doc": "transcription + quality-gate actors"})
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    kind: str = _f("local", "where the heavy work of separation, speaker embedding and transcription runs: local "
+                   "(in the daemon) | ray (actor pools on a Ray cluster: pip install 'ttsft-daemon[ray]'); the "
+                   "daemon always claims, commits and removes the spool items itself", choices=["local", "ray"])
+    ray: RayConfig = field(default_factory=RayConfig, metadata={"doc": "the Ray engine (engine.kind: ray)"})
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """`host:port` (or `[v6]:port`) of api.listen; ValueError with the reason when it is not one."""
     host, sep, port = listen.rpartition(":")
@@ -300,6 +367,8 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"doc": "logs"})
     notify: NotifyConfig = field(default_factory=NotifyConfig, metadata={"doc": "notifications"})
     api: ApiConfig = field(default_factory=ApiConfig, metadata={"doc": "local HTTP API"})
+    engine: EngineConfig = field(default_factory=EngineConfig,
+                                 metadata={"doc": "where the data stages' heavy work runs"})
     source: Path | None = field(default=None, compare=False, metadata={"internal": True})
 
 
@@ -443,6 +512,7 @@ def _cross_checks(cfg: Config, errors: list[str]) -> None:
         parse_listen(cfg.api.listen)
     except ValueError as exc:
         errors.append(f"api.listen: {exc}")
+    errors.extend(training_device_errors(cfg.training))
 
 
 def _is_safe_name(name: str) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from ttsft_daemon import engine
 from ttsft_daemon.config import Config, load_config
 from ttsft_daemon.core.backoff import Backoff
 from ttsft_daemon.core.inbox import InboxScanner
@@ -235,8 +236,9 @@ class Daemon:
     # ---------------------------------------------------------------------------------------- pools
     def start_workers(self) -> None:
         sizes = self.config.daemon.workers
+        heavy = engine.current()  # a remote pool wants one waiting thread per actor
         for spec in self.pipeline:
-            pool = WorkerPool(spec, getattr(sizes, spec.name, 1), self)
+            pool = WorkerPool(spec, heavy.threads(spec.name, getattr(sizes, spec.name, 1)), self)
             self.pools[spec.name] = pool
             pool.start()
         self.trainer = TrainerWorker(self.config, self.spool, self.health, exit_when_idle=self.exit_when_idle,
@@ -317,6 +319,7 @@ class Daemon:
         removed = self.spool.cleanup_temporaries()
         log.info("starting", root=str(layout.root), pid=os.getpid(), temporaries_removed=removed,
                  exit_when_idle=self.exit_when_idle)
+        log.info("engine started", **engine.start(self.config).describe())  # engine.kind: local | ray
         self.start_observer()
         self.start_workers()
         self.start_api()
@@ -361,6 +364,7 @@ class Daemon:
         log.info("stopping")
         self.stop_api()
         self.stop_workers(timeout=60.0)
+        engine.stop()
         self.stop_observer()
         self._publish_status(final=True)
         log.info("stopped", exit_code=self.exit_code)
@@ -420,12 +424,14 @@ class Daemon:
         configure_logging(new.logging.level, new.logging.format, new.logging.journal)
         self.stop_api()
         self.stop_workers(timeout=60.0)
+        engine.stop()
         self.stop_observer()
         self.config = new
         self.spool = Spool(new.paths.root, spools_of(self.pipeline))
         self.spool.layout.ensure()
         self.scanner = InboxScanner(self.spool.layout.inbox, new.inbox)
         self.health = Health(new.daemon.heartbeat_timeout_seconds)
+        engine.start(new)
         self.start_observer()
         self.start_workers()
         self.start_api()

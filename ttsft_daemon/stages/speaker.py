@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import structlog
 
+from ttsft_daemon import engine
 from ttsft_daemon.audio.media import decode_to_wav
 from ttsft_daemon.audio.speaker import (
-    SpeakerEncoder,
     SpeakerParams,
     centroid,
     choose_target,
@@ -58,7 +58,7 @@ MIN_DECIDE_SECONDS = 10.0  # with nothing more coming, the least speech the domi
 class SpeakerStage(SpoolStage):
     def __init__(self, spec: StageSpec, env: StageEnv) -> None:
         super().__init__(spec, env)
-        self._encoder: SpeakerEncoder | None = None
+        self._encoder: engine.SpeakerWorker | None = None  # in this process, or the Ray engine's actors
         self._books: dict[str, SpeakerBook] = {}
         self._decided_at: dict[str, tuple[int, bool]] = {}  # voice -> (clips embedded, more coming) at its last look
         self._voices: dict[str, str] = {}  # item id -> voice (item ids never change their voice)
@@ -67,7 +67,7 @@ class SpeakerStage(SpoolStage):
 
     def open(self) -> None:
         if self.config.speaker.enabled:
-            self._encoder = SpeakerEncoder()
+            self._encoder = engine.current().speaker_encoder(self.config, self.spec.limit(self.config))
 
     def close(self) -> None:
         self._encoder = None

@@ -7,11 +7,11 @@ their own items come. Each clip stays one item of its own: claims, retries and q
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from ttsft_daemon import engine
 from ttsft_daemon.core.atomic import link_or_copy
 from ttsft_daemon.core.jobs import CLIP_TRANSCRIBED, CLIP_WAITING, JobRecord
 from ttsft_daemon.core.spool import Item
@@ -20,8 +20,7 @@ from ttsft_daemon.pipeline import StageSpec
 from ttsft_daemon.stages.base import Output, Result, SpoolStage, StageContext, StageEnv
 from ttsft_daemon.text.packing import GAP_SECONDS as PACK_GAP_SECONDS
 from ttsft_daemon.text.packing import PackedResults, plan_windows
-from ttsft_daemon.text.quality import QualityGate
-from ttsft_daemon.text.transcription import Transcriber, Transcript, read_mono, to_whisper_rate
+from ttsft_daemon.text.transcription import Transcript, read_mono, to_whisper_rate
 
 # One per process: the transcribe workers of a daemon share the results of the passes they made.
 PACKED = PackedResults()
@@ -46,35 +45,31 @@ class Pending:
 class TranscribeStage(SpoolStage):
     def __init__(self, spec: StageSpec, env: StageEnv) -> None:
         super().__init__(spec, env)
-        self._transcriber: Transcriber | None = None
-        self._gate: QualityGate | None = None
+        # Whisper and the quality gate: in this process, or the Ray engine's actors (engine.kind).
+        self._worker: engine.TranscribeWorker | None = None
 
     def open(self) -> None:
-        logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one line per clip is our own log's job
-        self._transcriber = Transcriber(self.config.transcription, self.config.paths.models_dir)
-        q = self.config.quality
-        self._gate = QualityGate(q, espeak_voice=self.config.training.espeak_voice,
-                                 min_word_probability=q.min_word_probability,
-                                 voiced_threshold_db=q.voiced_threshold_db,
-                                 hallucination_phrases=tuple(q.hallucination_phrases))
+        self._worker = engine.current().transcriber(self.config, self.spec.limit(self.config))
+        self._worker.open()
 
     def close(self) -> None:
-        self._transcriber = None
-        self._gate = None
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
     def process(self, item: Item, ctx: StageContext) -> Result:
-        if self._transcriber is None or self._gate is None:
+        if self._worker is None:
             self.open()
-        assert self._transcriber is not None and self._gate is not None
+        assert self._worker is not None
         meta = item.meta()
         samples, sr = read_mono(item.payload)
         packed = self._packed(item, meta, ctx) if self.config.transcription.pack_seconds > 0 else None
         if packed is not None and packed.transcript is not None:
-            transcript, how = packed.transcript, "packed"
+            how = "packed"
         else:
-            transcript = self._transcriber.transcribe_array(samples, sr)
             how = "alone" if packed is None else f"alone: {packed.why_alone}"
-        report = self._gate.assess(transcript, samples, sr, group_dnsmos=packed.dnsmos if packed else None)
+        transcript, report = self._worker.judge(samples, sr, packed.transcript if packed else None,
+                                                packed.dnsmos if packed else None, ctx.stop)
         report.details["transcribed"] = how
         cid = meta["clip_id"]
         tmp = ctx.tmp_output(self.target, cid, "wav")
@@ -131,15 +126,16 @@ class TranscribeStage(SpoolStage):
                 for member in window:
                     PACKED.put(member.id, mine)
             if window:
-                self._run_pass(window, mine, settings)
+                self._run_pass(window, mine, settings, ctx.stop)
             if busy is None:  # this clip's own pass is done
                 result = PACKED.get(item.id)
                 return result if isinstance(result, PackedClip) else None
             while not busy.done.wait(1.0):
                 ctx.check_stop()
 
-    def _run_pass(self, window: list[Item], mine: Pending, settings: tuple[Any, ...]) -> None:
-        assert self._transcriber is not None and self._gate is not None
+    def _run_pass(self, window: list[Item], mine: Pending, settings: tuple[Any, ...],
+                  stop: threading.Event | None = None) -> None:
+        assert self._worker is not None
         try:
             audio = []
             for member in list(window):
@@ -150,9 +146,8 @@ class TranscribeStage(SpoolStage):
                     PACKED.put(member.id, None)
             if not window:
                 return
-            texts = self._transcriber.transcribe_packed(audio, self.config.quality.min_word_probability)
-            groups = self._gate.score_groups(audio)
-            for member, text, dnsmos in zip(window, texts, groups, strict=True):
+            results = self._worker.packed_pass(audio, stop)
+            for member, (text, dnsmos) in zip(window, results, strict=True):
                 transcript = text if isinstance(text, Transcript) else None
                 why = text if isinstance(text, str) else ""
                 PACKED.put(member.id, PackedClip(transcript, why, dnsmos, settings))

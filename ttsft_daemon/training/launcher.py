@@ -19,6 +19,15 @@ checkpoints every N epochs written atomically (temporary name in the same folder
 switched atomically to the newest one, a `progress.json` after each epoch, warm-start paths stripped from
 checkpoints and ignored on resume (else resuming re-applies the base weights over the trained ones), and an
 optional exit when the parent process dies.
+
+Several processes (Lightning's DDP; docs/scaling-out.md): the same `fit` command line runs in every rank,
+whether Lightning starts the other ranks itself (`--trainer.strategy ddp --trainer.devices N`) or `torchrun` /
+`srun` start them all. Each rank prints `[ttsft] rank R/W ...`. Only global rank 0 prepares piper's cache
+(`RankSafeDataModule`; the others take its config.json after Lightning's set-up barrier, and every rank draws
+the same train/validation split), DDP finds unused parameters (piper's generator and discriminator steps each
+leave the other's parameters without gradients), `drop_last` is decided on a rank's share of the clips, and
+only rank 0 writes checkpoints, last.ckpt, progress.json, the step log and the cache marker; a checkpoint's
+"due or skipped" decision is rank 0's, broadcast, so every rank enters Lightning's save barrier together.
 """
 
 from __future__ import annotations
@@ -27,20 +36,25 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 import types
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DDPStrategy
 from piper.train.__main__ import VitsLightningCLI
+from piper.train.vits.dataset import VitsDataModule
 
 from ttsft_daemon.core.spool import atomic_write_bytes, atomic_write_json, fsync_dir, read_json, tmp_name
 from ttsft_daemon.training.fast.checkpoint import BackgroundWriter, CheckpointThrottle, host_snapshot
@@ -118,6 +132,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         dest = Path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         written, self.on_written = self.on_written, None
+        if written is None:  # a save the supervisor did not announce: still say who wrote it
+            def written(dest: Path, seconds: float) -> None:
+                print(f"[ttsft] checkpoint {dest.name} written by pid {os.getpid()}", flush=True)
         if not self.background:
             self._write(checkpoint, dest)
             self.last_save_seconds = time.monotonic() - started
@@ -263,6 +280,11 @@ class TtsftSupervisor(Callback):
         step_lr_schedulers: step piper's learning-rate schedulers after each epoch (piper's manual
             optimisation never steps them, so its configured decay never happens).
         step_log: JSON-lines file of per-step losses and per-epoch timings (see `StepLog`).
+        ddp_backend: under DDP, the process-group backend: auto (nccl on CUDA, gloo on CPUs), nccl or gloo.
+        ddp_timeout_minutes: under DDP, how long a collective (barrier, gradient reduction) may wait for the
+            slowest rank before the run fails.
+
+    Under DDP this callback runs in every rank; only global rank 0 writes (see the module's docstring).
     """
 
     def __init__(
@@ -276,8 +298,15 @@ class TtsftSupervisor(Callback):
         checkpoint_share: float = 0.05,
         step_lr_schedulers: bool = True,
         step_log: str | None = None,
+        ddp_backend: str = "auto",
+        ddp_timeout_minutes: float = 60.0,
     ) -> None:
         super().__init__()
+        if ddp_backend not in ("auto", "nccl", "gloo"):
+            raise ValueError(f"ddp_backend: got {ddp_backend!r}, expected auto, nccl or gloo")
+        self.ddp_backend = ddp_backend
+        self.ddp_timeout_minutes = float(ddp_timeout_minutes)
+        self.ddp_line: str | None = None  # what configure_ddp set (None: not DDP)
         self.progress = ProgressFile(Path(progress_file)) if progress_file else None
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.every_n_epochs = max(1, every_n_epochs)
@@ -299,6 +328,17 @@ class TtsftSupervisor(Callback):
 
     # Lightning hooks ---------------------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        world = int(trainer.world_size)
+        # one write per line: the ranks share the runner's pipe, and print() writes the newline separately
+        sys.stdout.write(f"[ttsft] rank {trainer.global_rank}/{world} (node {trainer.node_rank}, local rank "
+                         f"{trainer.local_rank}) on {socket.gethostname()} pid {os.getpid()}, device "
+                         f"{trainer.strategy.root_device}\n")
+        sys.stdout.flush()
+        if trainer.is_global_zero and self.ddp_line:
+            print(f"[ttsft] {self.ddp_line}, world size {world} ({trainer.num_nodes} node(s) x "
+                  f"{trainer.num_devices} device(s))", flush=True)
+        if not trainer.is_global_zero:
+            self.step_log = None  # one writer of the step log
         on_gpu = trainer.strategy.root_device.type == "cuda"
         if self.fast and on_gpu:
             io = trainer.strategy.checkpoint_io
@@ -381,7 +421,7 @@ class TtsftSupervisor(Callback):
         if trainer.is_global_zero and self.progress is not None:
             with self._progress_lock:
                 self.progress.record_epoch(record, int(trainer.max_epochs or -1))
-        if self._should_save(completed, trainer.max_epochs):
+        if self._save_decision(trainer, completed):
             self._save(trainer, completed)
         if trainer.is_global_zero:
             losses = " ".join(f"{k}={v:.4g}" for k, v in sorted(self._metrics.items()))
@@ -408,6 +448,13 @@ class TtsftSupervisor(Callback):
         due = final or completed % self.every_n_epochs == 0
         return due and self.throttle.should_save(final)
 
+    def _save_decision(self, trainer: Any, completed: int) -> bool:
+        """`_should_save` as rank 0 decides it: every rank must enter Lightning's save (a barrier) or none."""
+        decision = self._should_save(completed, trainer.max_epochs)
+        if int(trainer.world_size) > 1:
+            decision = bool(trainer.strategy.broadcast(decision, 0))
+        return decision
+
     def _save(self, trainer: Any, completed: int) -> None:
         folder = self.checkpoint_dir or Path(trainer.default_root_dir) / "checkpoints"
         path = folder / checkpoint_name(completed - 1, int(trainer.global_step))
@@ -427,7 +474,8 @@ class TtsftSupervisor(Callback):
                         "save_seconds": round(blocking_seconds, 3), "saved": now_iso(),
                     })
             print(f"[ttsft] checkpoint {dest.name} ({size / 1e6:.0f} MB, {blocking_seconds:.1f}s"
-                  f"{', written in the background' if getattr(io, 'background', False) else ''})", flush=True)
+                  f"{', written in the background' if getattr(io, 'background', False) else ''}) written by pid "
+                  f"{os.getpid()}", flush=True)
 
         if trainer.is_global_zero and isinstance(io, AtomicCheckpointIO):
             io.on_written = written
@@ -443,6 +491,77 @@ def _piper_config_of(datamodule: Any) -> dict[str, Any] | None:
         return dict(config.to_dict())
     path = getattr(datamodule, "config_path", None)
     return read_json(Path(path)) if path else None
+
+
+SPLIT_SEED = 1234  # under DDP every rank draws piper's train/validation split from this seed
+
+
+def _world_size(module: Any) -> int:
+    trainer = getattr(module, "trainer", None)
+    return int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+
+
+class RankSafeDataModule(VitsDataModule):  # type: ignore[misc]
+    """piper's data module, correct when several processes train together (DDP).
+
+    - Only global rank 0 runs `prepare_data` (the CLI sets `prepare_data_per_node` off: on several nodes the
+      training folder is one shared folder, and two nodes writing piper's cache in place would race). piper's
+      `setup` needs the config that `prepare_data` builds; the other ranks read the config.json rank 0 wrote
+      (Lightning holds every rank at a barrier until rank 0's preparation is over).
+    - piper draws the train/validation split from the global random state, which rank 0's preparation may
+      have advanced: under DDP the split is drawn from `SPLIT_SEED`, the same on every rank (else a clip could
+      be trained on by one rank and validated on by another).
+    - piper drops a ragged last batch when the training split is larger than a batch; under DDP each rank
+      sees only its share (Lightning's distributed sampler), so the decision is made on that share (else a
+      small dataset gives every rank zero batches).
+    """
+
+    def setup(self, stage: str) -> None:
+        if self.piper_config is None:
+            from piper.config import PiperConfig
+
+            written = read_json(Path(self.config_path))
+            if written is None:
+                raise RuntimeError(f"{self.config_path} is missing: global rank 0 did not prepare the data (on "
+                                   "several nodes, the training folder must be one shared folder)")
+            self.piper_config = PiperConfig.from_dict(written)
+        if _world_size(self) <= 1:
+            super().setup(stage)  # single process: piper's split as before (resumed runs keep theirs)
+            return
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SPLIT_SEED)
+            super().setup(stage)
+
+    def train_dataloader(self) -> Any:
+        share = math.ceil(len(self.train_dataset) / _world_size(self))
+        drop_last = share > self.batch_size
+        if not drop_last:
+            logging.getLogger(__name__).warning(
+                "each rank's share of the training split (%s clips) is not larger than batch_size (%s): "
+                "one short batch per rank and epoch", share, self.batch_size)
+        return self._make_dataloader(self.train_dataset, shuffle=True, drop_last=drop_last)
+
+
+def configure_ddp(strategy: Any, backend: str, timeout_minutes: float) -> str | None:
+    """Set what piper's training needs on a DDP strategy (None when `strategy` is not DDP), before fit.
+
+    find_unused_parameters: piper's manual step runs the generator's backward (the discriminator's parameters
+    get no gradient in the fast path) and then the discriminator's (the generator's get none); without it DDP
+    waits for those gradients and fails at the next step. The process-group backend (auto: nccl on CUDA,
+    gloo on CPUs) and the time limit of collectives (rank 0 prepares piper's cache while the other ranks wait
+    at a barrier: a large dataset's first preparation takes long) are set from the `--ttsft.ddp_*` options.
+    Returns a line describing the settings.
+    """
+    if not isinstance(strategy, DDPStrategy):
+        return None
+    if getattr(strategy, "_start_method", "popen") != "popen":
+        raise ValueError("only the popen start method of DDP runs this trainer (strategy ddp, not "
+                         "ddp_spawn/ddp_fork/ddp_notebook)")
+    strategy._ddp_kwargs["find_unused_parameters"] = True
+    if backend != "auto":
+        strategy._process_group_backend = backend
+    strategy._timeout = timedelta(minutes=timeout_minutes)
+    return f"ddp: find_unused_parameters, backend {backend}, collective timeout {timeout_minutes:g} min"
 
 
 class TtsftLightningCLI(VitsLightningCLI):  # type: ignore[misc]
@@ -464,6 +583,12 @@ class TtsftLightningCLI(VitsLightningCLI):  # type: ignore[misc]
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
         self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        self.datamodule.prepare_data_per_node = False  # global rank 0 prepares (see RankSafeDataModule)
+        callbacks: list[Any] = getattr(self.trainer, "callbacks", [])
+        supervisor = next((c for c in callbacks if isinstance(c, TtsftSupervisor)), None)
+        if supervisor is not None:
+            supervisor.ddp_line = configure_ddp(self.trainer.strategy, supervisor.ddp_backend,
+                                                supervisor.ddp_timeout_minutes)
 
 
 def fast_requested(args: Sequence[str]) -> bool:
@@ -480,7 +605,6 @@ def fast_requested(args: Sequence[str]) -> bool:
 def fit_main(args: Sequence[str] | None = None) -> int:
     """piper.train's `fit` with the fixes; `args` None parses sys.argv (as DDP's re-launched ranks do)."""
     install_fixes()
-    from piper.train.vits.dataset import VitsDataModule
     from piper.train.vits.lightning import VitsModel
 
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -496,7 +620,7 @@ def fit_main(args: Sequence[str] | None = None) -> int:
         model_class = FastVitsModel
     TtsftLightningCLI(
         model_class,
-        VitsDataModule,
+        RankSafeDataModule,
         trainer_defaults={
             "max_epochs": -1,
             "enable_checkpointing": False,  # TtsftSupervisor saves; Lightning's default callback would too

@@ -17,6 +17,7 @@ next run resumes from (with checkpoint_every_epochs > 1 the epochs after it are 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -397,19 +398,7 @@ class TrainingRun:
 
     # ------------------------------------------------------------------------------------------ main
     def run(self) -> TrainingState:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        clips = write_trainer_csv(self.dataset_dir / "metadata.csv", self.dataset_dir / "wavs", self.dir / TRAIN_CSV)
-        if clips == 0:
-            raise TransientError(f"voice {self.voice}: the dataset has no clip with a WAV and a transcript yet")
-        _cleanup_partial_files(self.checkpoint_dir, self.dir / CACHE_DIR)
-        previous = read_state(self.dir)
-        self.resume_from = last_checkpoint(self.checkpoint_dir)
-        warm_start = self._choose_start(previous)
-        self.state = dataclasses.replace(
-            previous, voice=self.voice, clips=clips, target_epochs=self.target, error=None, pid=None,
-            quality=previous.quality if self.resume_from else self.cfg.quality,
-            warm_start=previous.warm_start if self.resume_from else warm_start,
-        )
+        warm_start = self._prepare()
         if self.resume_from is not None:
             done = parse_checkpoint_name(self.resume_from.name)
             if done is not None and done[0] >= self.target:
@@ -423,6 +412,38 @@ class TrainingRun:
         if self.stop.is_set():
             return self._finish("stopped")
         return self._supervise(self._command(warm_start))
+
+    def external_args(self) -> list[str]:
+        """The launcher's `fit` arguments for a launch by torchrun or srun instead of this runner.
+
+        Prepares the folder as `run` does (train.csv, leftovers removed, resume from the last checkpoint, else
+        the warm start); the trainer then does not watch its parent (torchrun's agent or slurmstepd). The
+        caller holds the voice's lock while this runs.
+        """
+        warm_start = self._prepare()
+        if self.resume_from is None:
+            (self.dir / PROGRESS_FILE).unlink(missing_ok=True)
+        args = self._command(warm_start)[3:]  # without `python -m launcher`
+        args[args.index("--ttsft.exit_with_parent") + 1] = "false"
+        return args
+
+    def _prepare(self) -> str | None:
+        """Write train.csv, remove a killed run's leftovers, choose the resume point (`resume_from`) or the
+        warm start (returned), and set up `state`."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        clips = write_trainer_csv(self.dataset_dir / "metadata.csv", self.dataset_dir / "wavs", self.dir / TRAIN_CSV)
+        if clips == 0:
+            raise TransientError(f"voice {self.voice}: the dataset has no clip with a WAV and a transcript yet")
+        _cleanup_partial_files(self.checkpoint_dir, self.dir / CACHE_DIR)
+        previous = read_state(self.dir)
+        self.resume_from = last_checkpoint(self.checkpoint_dir)
+        warm_start = self._choose_start(previous)
+        self.state = dataclasses.replace(
+            previous, voice=self.voice, clips=clips, target_epochs=self.target, error=None, pid=None,
+            quality=previous.quality if self.resume_from else self.cfg.quality,
+            warm_start=previous.warm_start if self.resume_from else warm_start,
+        )
+        return warm_start
 
     def _choose_start(self, previous: TrainingState) -> str | None:
         """The warm-start checkpoint for a fresh run (None when resuming or training from scratch)."""
@@ -454,6 +475,7 @@ class TrainingRun:
             "--trainer.max_epochs", str(self.target),
             "--trainer.accelerator", cfg.accelerator,
             "--trainer.devices", cfg.devices,
+            "--trainer.num_nodes", str(cfg.num_nodes),
             "--trainer.strategy", cfg.strategy,
             "--trainer.precision", cfg.precision,
             "--trainer.default_root_dir", str(d),
@@ -464,6 +486,8 @@ class TrainingRun:
             "--ttsft.quality", self.state.quality or cfg.quality,
             "--ttsft.exit_with_parent", "true",
             "--ttsft.fast", "true" if cfg.fast else "false",  # the launcher reads it before building the model
+            "--ttsft.ddp_backend", cfg.ddp_backend,
+            "--ttsft.ddp_timeout_minutes", str(cfg.ddp_timeout_minutes),
             *self.extra_args,
         ]
         if self.resume_from is not None:
@@ -503,6 +527,7 @@ class TrainingRun:
                 self._terminate(proc)
             _kill_group(proc.pid, signal.SIGKILL)  # leftovers such as data loader workers
             pump.join(timeout=10.0)
+            sink.write_line(f"[ttsft-runner] {now_iso()} trainer exited with status {proc.returncode}\n".encode())
             sink.close()
         self._poll(proc.pid)
         return self._conclude(proc.returncode, list(sink.tail))
@@ -564,7 +589,11 @@ class TrainingRun:
 
     def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
         self._stopping = True
-        _kill_group(proc.pid, signal.SIGTERM)
+        # Rank 0 only: under DDP, Lightning's handler passes SIGTERM on to the ranks it started and syncs it with
+        # a broadcast per signal; a SIGTERM to the whole group gives those ranks two and hangs them (measured).
+        # What is left of the group (loader workers) gets SIGKILL once the trainer is gone.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=self.stop_grace_seconds)
         except subprocess.TimeoutExpired:
@@ -640,3 +669,62 @@ def train(
         return TrainingRun(voice, dataset_dir, training_dir, cfg, stop, on_epoch, max_epochs, **options).run()
     finally:
         lock.release()
+
+
+def external_launch_args(voice: str, dataset_dir: Path, training_dir: Path, cfg: TrainingConfig,
+                         max_epochs: int | None = None, sample_rate: int = 22050) -> list[str]:
+    """`TrainingRun.external_args` under the voice's lock (TransientError while a run of this voice is on)."""
+    training_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(training_dir / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise TransientError(f"voice {voice}: a training run holds {training_dir / LOCK_FILE}") from None
+    try:
+        run = TrainingRun(voice, dataset_dir, training_dir, cfg, threading.Event(), max_epochs=max_epochs,
+                          sample_rate=sample_rate)
+        return run.external_args()
+    finally:
+        lock.release()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m ttsft_daemon.training.runner command --config FILE --voice NAME`: the trainer's arguments.
+
+    Prints the arguments after `-m ttsft_daemon.training.launcher` for torchrun or srun (docs/scaling-out.md):
+    one shell-quoted line (for `eval`), or with `--lines` one argument per line (for bash's `mapfile -t`).
+    """
+    import argparse
+    import shlex
+
+    from ttsft_daemon.config import load_config
+    from ttsft_daemon.core.spool import Layout
+    from ttsft_daemon.training.scheduler import due
+
+    parser = argparse.ArgumentParser(prog="python -m ttsft_daemon.training.runner", allow_abbrev=False)
+    sub = parser.add_subparsers(dest="action", required=True)
+    command = sub.add_parser("command", help="print the launcher's fit arguments for torchrun or srun")
+    command.add_argument("--config", required=True, help="the daemon's config file")
+    command.add_argument("--voice", required=True, help="the voice to train (its dataset must exist)")
+    command.add_argument("--max-epochs", type=int, default=None,
+                         help="completed epochs to train to (default: what `ttsft-daemon train` would)")
+    command.add_argument("--lines", action="store_true", help="one argument per line instead of a quoted line")
+    ns = parser.parse_args(None if argv is None else list(argv))
+    try:
+        config = load_config(ns.config)
+        layout = Layout(config.paths.root)
+        if not (layout.dataset(ns.voice) / "metadata.csv").is_file():
+            print(f"voice {ns.voice!r} has no dataset under {layout.datasets}", file=sys.stderr)
+            return 1
+        target = ns.max_epochs or due(config, layout, ns.voice, force=True) or config.training.max_epochs
+        args = external_launch_args(ns.voice, layout.dataset(ns.voice), layout.training(ns.voice), config.training,
+                                    max_epochs=target, sample_rate=config.audio.sample_rate)
+    except (ConfigError, TransientError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    print("\n".join(args) if ns.lines else shlex.join(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

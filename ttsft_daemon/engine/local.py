@@ -1,0 +1,113 @@
+"""The local engine: the heavy work in the daemon's own process, one set of models per stage worker thread.
+
+These worker classes are the bodies of the heavy stages; the Ray engine's actors run the same classes on the
+cluster's nodes, so both engines give the same results on the same input.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ttsft_daemon.audio.separation import SeparatorProcess, decode_and_separate
+from ttsft_daemon.audio.speaker import SpeakerEncoder
+from ttsft_daemon.config import Config
+from ttsft_daemon.engine import PassResult
+from ttsft_daemon.text.quality import QualityGate, QualityReport
+from ttsft_daemon.text.transcription import Transcriber, Transcript
+
+
+class LocalSeparator:
+    """Decode a recording and keep its voice with the Spleeter worker process (plain decode when disabled)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._separator: SeparatorProcess | None = None
+
+    def open(self) -> None:
+        sep = self.config.separation
+        if sep.enabled and self._separator is None:
+            self._separator = SeparatorProcess(
+                python=sep.python_path,
+                model_dir=sep.model_dir or self.config.paths.models_dir / "spleeter",
+                chunk_seconds=sep.chunk_seconds,
+                overlap_seconds=sep.overlap_seconds,
+                timeout=sep.timeout_seconds,
+                start_timeout=sep.start_timeout_seconds,
+                crossfade=sep.crossfade,
+                level_dbfs=sep.input_level_dbfs,
+            )
+            self._separator.start()
+
+    def separate(self, src: Path, dst: Path, workdir: Path, stop: threading.Event | None = None) -> dict[str, Any]:
+        decode_and_separate(self._separator, src, dst, workdir, self.config.daemon.ffmpeg_timeout_seconds)
+        return {"separated": self._separator is not None}
+
+    def close(self) -> None:
+        if self._separator is not None:
+            self._separator.close()
+            self._separator = None
+
+
+class LocalTranscriber:
+    """faster-whisper and the quality gate, loaded once."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._transcriber: Transcriber | None = None
+        self._gate: QualityGate | None = None
+
+    def open(self) -> None:
+        if self._transcriber is not None and self._gate is not None:
+            return
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one line per clip is our own log's job
+        self._transcriber = Transcriber(self.config.transcription, self.config.paths.models_dir)
+        q = self.config.quality
+        self._gate = QualityGate(q, espeak_voice=self.config.training.espeak_voice,
+                                 min_word_probability=q.min_word_probability,
+                                 voiced_threshold_db=q.voiced_threshold_db,
+                                 hallucination_phrases=tuple(q.hallucination_phrases))
+
+    def packed_pass(self, clips16k: list[np.ndarray], stop: threading.Event | None = None) -> list[PassResult]:
+        self.open()
+        assert self._transcriber is not None and self._gate is not None
+        texts = self._transcriber.transcribe_packed(clips16k, self.config.quality.min_word_probability)
+        groups = self._gate.score_groups(clips16k)
+        return list(zip(texts, groups, strict=True))
+
+    def judge(self, samples: np.ndarray, sr: int, packed: Transcript | None, group_dnsmos: dict[str, float] | None,
+              stop: threading.Event | None = None) -> tuple[Transcript, QualityReport]:
+        self.open()
+        assert self._transcriber is not None and self._gate is not None
+        transcript = packed if packed is not None else self._transcriber.transcribe_array(samples, sr)
+        return transcript, self._gate.assess(transcript, samples, sr, group_dnsmos=group_dnsmos)
+
+    def close(self) -> None:
+        self._transcriber = None
+        self._gate = None
+
+
+class LocalEngine:
+    kind = "local"
+
+    def separator(self, config: Config, limit: float) -> LocalSeparator:
+        return LocalSeparator(config)
+
+    def speaker_encoder(self, config: Config, limit: float) -> SpeakerEncoder:
+        return SpeakerEncoder()
+
+    def transcriber(self, config: Config, limit: float) -> LocalTranscriber:
+        return LocalTranscriber(config)
+
+    def threads(self, stage: str, configured: int) -> int:
+        return configured
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.kind}
+
+    def close(self) -> None:
+        pass
