@@ -16,7 +16,7 @@ import torch
 
 from ttsft_daemon.training import fast, launcher
 from ttsft_daemon.training.fast import checkpoint as fast_checkpoint
-from ttsft_daemon.training.fast import flows, losses, mas, segments, spline
+from ttsft_daemon.training.fast import compiled, flows, losses, mas, segments, spline, wn
 from ttsft_daemon.training.mas import maximum_path_reference
 
 launcher.install_fixes()  # piper's alignment core (fix 1), needed by its models
@@ -42,8 +42,9 @@ def test_install_replaces_and_uninstall_restores() -> None:
     original = commons.slice_segments
     lines = fast.install()
     try:
-        assert len(lines) == 6
+        assert len(lines) == 7
         assert commons.slice_segments is segments.slice_segments
+        assert modules.WN.forward is wn.wn_forward
         assert piper_mas.maximum_path is mas.maximum_path
         assert modules.piecewise_rational_quadratic_transform is spline.piecewise_rational_quadratic_transform
         assert modules.Flip.forward is flows.flip_forward
@@ -147,6 +148,96 @@ def test_flip_and_duration_predictor_are_exactly_piper_s() -> None:
     finally:
         fast.uninstall()
     assert torch.equal(ours, theirs)
+
+
+def test_duration_predictor_given_its_noise_is_piper_s() -> None:
+    """The compilable branch (`sdp_nll` with the noise drawn up front, as the compiled path calls it) gives
+    piper's value for the same noise (eval mode: no dropout draws between)."""
+    torch.manual_seed(0)
+    sdp = models.StochasticDurationPredictor(16, 16, 3, 0.5, gin_channels=0).eval()
+    for p in sdp.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x_in, mask = torch.randn(2, 16, 9), torch.ones(2, 1, 9)
+    mask[1, :, 5:] = 0
+    w = torch.rand(2, 1, 9) * 3 * mask
+    torch.manual_seed(3)
+    theirs = sdp(x_in, mask, w=w)
+    flows.install()
+    try:
+        torch.manual_seed(3)
+        ours = flows.sdp_nll(sdp, x_in, mask, w, None, torch.randn(2, 2, 9))
+    finally:
+        fast.uninstall()
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_wn_without_the_host_tensor_is_piper_s(conditioned: bool) -> None:
+    torch.manual_seed(1)
+    stack = modules.WN(8, 5, 1, 4, gin_channels=6 if conditioned else 0)
+    x = torch.randn(3, 8, 40, requires_grad=True)
+    mask = (torch.arange(40) < torch.tensor([40, 31, 17])[:, None]).float().unsqueeze(1)
+    g = torch.randn(3, 6, 1) if conditioned else None
+    theirs = stack(x, mask, g=g)
+    (grad_theirs,) = torch.autograd.grad(theirs.square().sum(), x)
+    wn.install()
+    try:
+        ours = stack(x, mask, g=g)
+        (grad_ours,) = torch.autograd.grad(ours.square().sum(), x)
+    finally:
+        fast.uninstall()
+    assert torch.equal(ours, theirs)  # the values are piper's bit for bit
+    # the gradient goes through autograd's tanh/sigmoid formulas instead of TorchScript's: float rounding
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------------- torch.compile
+
+
+def test_compile_targets_from_the_environment() -> None:
+    assert compiled.requested_targets("") == ()  # off by default: it did not pay on the H200 profile
+    assert compiled.requested_targets("0") == ()
+    assert compiled.requested_targets("1") == compiled.TARGETS
+    assert compiled.requested_targets("dec, loss") == ("dec", "loss")
+    with pytest.raises(ValueError, match="unknown targets"):
+        compiled.requested_targets("dec,everything")
+
+
+def test_compiled_modules_give_the_eager_step() -> None:
+    """The compile wiring (decoder, discriminators, losses) through dynamo with the aot_eager backend (the
+    tracing and autograd split without generated code, which the CPU CI cannot afford): the same losses and
+    gradients within 1e-5; outside training the eager modules run."""
+    from ttsft_daemon.training.fast.model import FastVitsModel
+
+    batch = _batch(2)
+    fast.install()
+    try:
+        torch.manual_seed(0)
+        model = FastVitsModel(**X_LOW).train()
+        eager, g_eager, d_eager, _ = _step(model, batch)
+        lines = compiled.compile_hot_modules(model, ("dec", "disc", "loss"), backend="aot_eager")
+        assert len(lines) == 3
+        assert isinstance(model.model_g.dec.__dict__["forward"], compiled.TrainingOnly)
+        ours, g_ours, d_ours, _ = _step(model, batch)
+        with torch.no_grad():
+            model.eval()
+            assert model._losses() is not model.__dict__["ttsft_losses"]  # eager outside training
+            model.train()
+        compiled.uncompile(model)
+        assert "forward" not in model.model_g.dec.__dict__ and "ttsft_losses" not in model.__dict__
+    finally:
+        fast.uninstall()
+        torch._dynamo.reset()
+        from tqdm import tqdm  # dynamo's progress bars start tqdm's monitor thread: stop it
+
+        if tqdm.monitor is not None:
+            tqdm.monitor.exit()
+            tqdm.monitor.join()
+    np.testing.assert_allclose(ours, eager, rtol=1e-5)
+    for name in g_eager:
+        torch.testing.assert_close(g_ours[name], g_eager[name], rtol=1e-5, atol=1e-7, msg=name)
+    for name in d_eager:
+        torch.testing.assert_close(d_ours[name], d_eager[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
 # ------------------------------------------------------------------------------------------- alignment

@@ -14,11 +14,13 @@ piper's original on random inputs.
     model        FastVitsModel: no discriminator grads in the generator step, one real-audio
                  discriminator pass, fused AdamW on CUDA
     checkpoint   background checkpoint writes and a wall-time share for saving (CUDA only)
+    wn           the WaveNet stacks' gate without a host tensor per call (exact; lets them compile)
+    compiled     torch.compile of the hot modules on CUDA (off by default: did not pay; TTSFT_FAST_COMPILE)
 """
 
 from __future__ import annotations
 
-from ttsft_daemon.training.fast import batch, flows, losses, mas, patching, segments, spline
+from ttsft_daemon.training.fast import batch, flows, losses, mas, patching, segments, spline, wn
 
 _installed: list[str] = []
 
@@ -26,7 +28,7 @@ _installed: list[str] = []
 def install() -> list[str]:
     """Patch piper.train's modules (idempotent); returns one line per replacement."""
     if not _installed:
-        for module in (mas, segments, spline, flows, losses, batch):
+        for module in (mas, segments, spline, flows, losses, batch, wn):
             _installed.append(module.install())
     return list(_installed)
 

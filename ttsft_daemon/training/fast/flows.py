@@ -38,6 +38,21 @@ def sdp_forward(self: Any, x: torch.Tensor, x_mask: torch.Tensor, w: torch.Tenso
         assert _original_sdp_forward is not None
         return _original_sdp_forward(self, x, x_mask, w=w, g=g, reverse=reverse, noise_scale=noise_scale)
     assert w is not None
+    nll = getattr(self, "ttsft_nll", None)  # the compiled version where `compiled.compile_hot_modules` set one
+    if nll is None or not (self.training and torch.is_grad_enabled()):
+        eager: torch.Tensor = sdp_nll(self, x, x_mask, w, g, None)
+        return eager
+    # the noise is drawn before the convolutions here, not between them as piper does: the same CPU draws,
+    # since on CUDA the convolutions' dropout uses the device's generator, not the CPU's
+    noise = to_device_async(torch.randn(w.size(0), 2, w.size(2)), x.device)
+    compiled: torch.Tensor = nll(x, x_mask, w, g, noise)
+    return compiled
+
+
+def sdp_nll(self: Any, x: torch.Tensor, x_mask: torch.Tensor, w: torch.Tensor, g: torch.Tensor | None,
+            noise: torch.Tensor | None) -> torch.Tensor:
+    """The duration predictor's training branch; `noise` None draws it where piper does (CPU generator);
+    given, nothing here touches the host (compilable)."""
     x = self.pre(torch.detach(x))
     if g is not None:
         x = x + self.cond(torch.detach(g))
@@ -47,7 +62,8 @@ def sdp_forward(self: Any, x: torch.Tensor, x_mask: torch.Tensor, w: torch.Tenso
     h_w = self.post_pre(w)
     h_w = self.post_convs(h_w, x_mask)
     h_w = self.post_proj(h_w) * x_mask
-    noise = to_device_async(torch.randn(w.size(0), 2, w.size(2)), x.device)  # the CPU generator, as piper
+    if noise is None:
+        noise = to_device_async(torch.randn(w.size(0), 2, w.size(2)), x.device)  # the CPU generator, as piper
     e_q = noise.to(dtype=x.dtype) * x_mask
     z_q = e_q
     logdet_tot_q: Any = 0
@@ -65,10 +81,11 @@ def sdp_forward(self: Any, x: torch.Tensor, x_mask: torch.Tensor, w: torch.Tenso
     logdet_tot += logdet
     z = torch.cat([z0, z1], 1)
     for flow in self.flows:
-        z, logdet = flow(z, x_mask, g=x, reverse=reverse)
+        z, logdet = flow(z, x_mask, g=x, reverse=False)
         logdet_tot = logdet_tot + logdet
     nll = torch.sum(0.5 * (math.log(2 * math.pi) + (z**2)) * x_mask, [1, 2]) - logdet_tot
-    return nll + logq
+    result: torch.Tensor = nll + logq
+    return result
 
 
 def install() -> str:

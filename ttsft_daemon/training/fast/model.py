@@ -54,8 +54,47 @@ def run_discriminator(model_d: Any, audio: torch.Tensor) -> tuple[list[torch.Ten
     return outputs, fmaps
 
 
+def generator_losses(fmap_real: list[list[torch.Tensor]], fmap_fake: list[list[torch.Tensor]],
+                     d_fake: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """piper's feature-matching and generator (adversarial) losses, as one function to compile."""
+    feature_loss: Any = piper_losses.feature_loss
+    generator_loss: Any = piper_losses.generator_loss
+    loss_fm: torch.Tensor = feature_loss(fmap_real, fmap_fake)
+    loss_gen: torch.Tensor = generator_loss(d_fake)[0]
+    return loss_fm, loss_gen
+
+
+def discriminator_losses(d_real: list[torch.Tensor], d_fake: list[torch.Tensor]) -> torch.Tensor:
+    return discriminator_loss(d_real, d_fake)[0]
+
+
+def kl_loss(z_p: torch.Tensor, logs_q: torch.Tensor, m_p: torch.Tensor, logs_p: torch.Tensor,
+            z_mask: torch.Tensor) -> torch.Tensor:
+    piper_kl: Any = piper_losses.kl_loss
+    loss: torch.Tensor = piper_kl(z_p, logs_q, m_p, logs_p, z_mask)
+    return loss
+
+
+EAGER_LOSSES = {"generator": generator_losses, "discriminator": discriminator_losses, "kl": kl_loss}
+
+
 class FastVitsModel(VitsModel):  # type: ignore[misc]
     """VitsModel with the loss step and optimizers above; checkpoints are interchangeable with VitsModel's."""
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()  # type: ignore[no-untyped-call]
+        if self.device.type != "cuda" or self.__dict__.get("ttsft_compiled"):
+            return
+        from ttsft_daemon.training.fast import compiled
+
+        self.ttsft_compiled = True
+        targets = compiled.requested_targets()
+        for line in compiled.compile_hot_modules(self, targets) if targets else []:
+            print(f"[ttsft] fast {line}", flush=True)
+
+    def _losses(self) -> dict[str, Any]:
+        chosen: dict[str, Any] = self.__dict__.get("ttsft_losses") or EAGER_LOSSES
+        return chosen if self.training and torch.is_grad_enabled() else EAGER_LOSSES
 
     def _compute_loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         if self.model_mrd is not None:  # the optional MRD keeps piper's own step
@@ -85,22 +124,19 @@ class FastVitsModel(VitsModel):  # type: ignore[misc]
         with frozen(self.model_d):
             d_fake_for_g, fmap_fake = run_discriminator(self.model_d, y_hat)
 
+        fns = self._losses()
         with autocast(self.device.type, enabled=False):
-            kl_loss: Any = piper_losses.kl_loss
-            feature_loss: Any = piper_losses.feature_loss
-            generator_loss: Any = piper_losses.generator_loss
             mel_l1 = F.l1_loss(y_mel, y_hat_mel)
-            kl = kl_loss(z_p, logs_q, m_p, logs_p, z_mask)
+            kl = fns["kl"](z_p, logs_q, m_p, logs_p, z_mask)
             loss_dur = torch.sum(l_length.float())
             loss_mel = mel_l1 * hp.c_mel
             loss_kl = kl * hp.c_kl
-            loss_fm = feature_loss(fmap_real, fmap_fake)
-            loss_gen, _ = generator_loss(d_fake_for_g)
+            loss_fm, loss_gen = fns["generator"](fmap_real, fmap_fake, d_fake_for_g)
             loss_gen_all = loss_gen + loss_fm + loss_mel + loss_dur + loss_kl
 
         d_fake, _ = run_discriminator(self.model_d, y_hat.detach())
         with autocast(self.device.type, enabled=False):
-            loss_disc, _, _ = discriminator_loss(d_real, d_fake)
+            loss_disc = fns["discriminator"](d_real, d_fake)
 
         metrics = {"mel": mel_l1.detach(), "kl": kl.detach(), "dur": loss_dur.detach(), "fm": loss_fm.detach(),
                    "gen": loss_gen.detach(), "disc": loss_disc.detach()}
