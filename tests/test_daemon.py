@@ -76,6 +76,9 @@ def test_pipeline_builds_a_dataset_and_quarantines_bad_files(tmp_path: Path, rec
     assert set(status["stages"]) >= {"inbox", "raw", "vocals", "audio", "transcribed", "failed"}
     assert status["voices"]["alice"]["clips"] >= 1
     assert status["voices"]["default"]["training"]["state"] == "waiting"
+    # the rates the daemon measured (audio seconds per wall second), which `status` turns into "done in about"
+    rates = json.loads((root / "daemon.json").read_text())["rates"]
+    assert {"separate", "segment", "speaker", "transcribe"} <= set(rates) and all(r > 0 for r in rates.values())
     events = log_events(log)
     for stage in ("ingest", "separate", "segment", "transcribe", "accept"):
         lines = [e for e in events if e.get("event") == f"{stage} done"]

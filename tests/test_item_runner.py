@@ -13,6 +13,7 @@ from ttsft_daemon.config import config_from_dict
 from ttsft_daemon.core.backoff import Backoff
 from ttsft_daemon.core.inbox import InboxScanner
 from ttsft_daemon.core.items import ItemRunner
+from ttsft_daemon.core.rates import StageRates
 from ttsft_daemon.core.spool import Item, Spool
 from ttsft_daemon.errors import Deferred, RejectedInput
 from ttsft_daemon.pipeline import DATASET, StageSpec
@@ -76,6 +77,26 @@ def test_success_commits_the_output_records_the_step_and_removes_the_input(env: 
     job = env.spool.read_job("job1")
     assert job is not None and job.done == {"double-c1": True} and job.segments_saved == 1 and not job.attempts
     assert not list((env.spool.layout.spool("out")).glob(".tmp.*"))
+
+
+def test_finished_items_measure_the_stage_rate_for_status(env: StageEnv) -> None:
+    """Audio seconds per busy second, times the workers: what `status` divides the waiting audio by."""
+    rates = StageRates()
+    assert env.backoff is not None
+    runner = ItemRunner(_stage(env), env.config, env.spool, threading.Event(), env.backoff, pipeline=TABLE,
+                        rates=rates)
+    for i, seconds in enumerate((3.0, 5.0)):
+        tmp = env.spool.tmp_payload("in", f"r{i}", "wav")
+        tmp.write_bytes(b"ab")
+        assert runner.run(env.spool.commit_item("in", f"r{i}", tmp, "wav", {"job_id": "job1", "duration": seconds}))
+    assert runner.run(_put(env.spool, "no-duration"))  # an item without a duration is not counted
+    one = rates.snapshot({})["double"]
+    assert one > 8.0 / 60  # 8 s of audio in far less than a minute of work
+    assert rates.snapshot({"double": 3})["double"] == pytest.approx(3 * one, rel=1e-2)
+    assert "sink" not in rates.snapshot({})
+    rates.record("sink", None, 1.0)
+    rates.record("sink", 2.0, 0.0)
+    assert "sink" not in rates.snapshot({})
 
 
 def test_a_held_claim_is_left_alone(env: StageEnv) -> None:

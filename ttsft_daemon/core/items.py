@@ -25,6 +25,7 @@ import structlog
 from ttsft_daemon.config import Config
 from ttsft_daemon.core.backoff import Backoff
 from ttsft_daemon.core.jobs import CLIP_REJECTED, JobRecord
+from ttsft_daemon.core.rates import StageRates
 from ttsft_daemon.core.spool import Item, Spool, remove, storage_fault
 from ttsft_daemon.errors import Deferred, RejectedInput, ShuttingDown
 from ttsft_daemon.events import DISK_NEARLY_FULL, FILE_QUARANTINED, notify
@@ -57,8 +58,10 @@ def space_left(path: Path) -> int | None:
 
 class ItemRunner:
     def __init__(self, stage: Stage, config: Config, spool: Spool, stop: threading.Event, backoff: Backoff,
-                 disk_full: threading.Event | None = None, pipeline: tuple[StageSpec, ...] = PIPELINE) -> None:
+                 disk_full: threading.Event | None = None, pipeline: tuple[StageSpec, ...] = PIPELINE,
+                 rates: StageRates | None = None) -> None:
         self.stage = stage
+        self.rates = rates
         self.pipeline = pipeline
         self.config = config
         self.spool = spool
@@ -143,8 +146,11 @@ class ItemRunner:
             return False
         self.disk_full.clear()
         self.backoff.clear(key)
+        busy = time.monotonic() - started
+        if self.rates is not None:
+            self.rates.record(self.stage.name, meta.get("duration"), busy)
         done = {**fields, **result.log, "item": item.id, "outputs": len(result.outputs),
-                "duration_s": round(time.monotonic() - started, 3)}
+                "duration_s": round(busy, 3)}
         log.info(f"{self.stage.name} done", **{k: v for k, v in done.items() if v is not None})
         return True
 

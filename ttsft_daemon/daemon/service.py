@@ -23,6 +23,7 @@ from ttsft_daemon.config import Config, load_config
 from ttsft_daemon.core.backoff import Backoff
 from ttsft_daemon.core.inbox import InboxScanner
 from ttsft_daemon.core.items import ItemRunner
+from ttsft_daemon.core.rates import StageRates
 from ttsft_daemon.core.spool import Spool
 from ttsft_daemon.daemon.notify import Notifier
 from ttsft_daemon.errors import ConfigError
@@ -138,7 +139,7 @@ class WorkerPool:
                     if stage is None:
                         self.stop.wait(d.config.daemon.retry_backoff_seconds or 5.0)
                         continue
-                runner = ItemRunner(stage, d.config, d.spool, self.stop, d.backoff, d.disk_full, d.pipeline)
+                runner = ItemRunner(stage, d.config, d.spool, self.stop, d.backoff, d.disk_full, d.pipeline, d.rates)
                 worked = False
                 for item in stage.candidates():
                     if self.stop.is_set():
@@ -210,6 +211,7 @@ class Daemon:
         self.pipeline = pipeline
         self.spool = Spool(config.paths.root, spools_of(pipeline))
         self.backoff = Backoff()
+        self.rates = StageRates()  # audio seconds per wall second of each stage, for status' drain estimate
         self.disk_full = threading.Event()
         self.health = Health(config.daemon.heartbeat_timeout_seconds)
         self.stopping = threading.Event()
@@ -447,6 +449,7 @@ class Daemon:
             write_daemon_info(self.spool.layout, {
                 "state": "stopped" if final else "running", "disk_full": self.disk_full.is_set(),
                 "stages": status["stages"], "started_by": Path(str(self.config.source or "")).name,
+                "rates": self.rates.snapshot({name: pool.size for name, pool in self.pools.items()}),
             })
         except OSError as exc:
             log.warning("cannot publish status", error=str(exc))
