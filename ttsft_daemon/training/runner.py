@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -659,6 +659,13 @@ def train(
     fit. `options`: sample_rate, stop_grace_seconds, log_max_bytes, poll_seconds, python, extra_args (more
     piper.train arguments, e.g. `--trainer.limit_train_batches 2`).
     """
+    with _voice_lock(voice, training_dir):
+        return TrainingRun(voice, dataset_dir, training_dir, cfg, stop, on_epoch, max_epochs, **options).run()
+
+
+@contextlib.contextmanager
+def _voice_lock(voice: str, training_dir: Path) -> Iterator[None]:
+    """The voice's training lock, taken at once (TransientError while another run of this voice holds it)."""
     training_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(training_dir / LOCK_FILE))
     try:
@@ -666,7 +673,7 @@ def train(
     except Timeout:
         raise TransientError(f"voice {voice}: another training run holds {training_dir / LOCK_FILE}") from None
     try:
-        return TrainingRun(voice, dataset_dir, training_dir, cfg, stop, on_epoch, max_epochs, **options).run()
+        yield
     finally:
         lock.release()
 
@@ -674,18 +681,10 @@ def train(
 def external_launch_args(voice: str, dataset_dir: Path, training_dir: Path, cfg: TrainingConfig,
                          max_epochs: int | None = None, sample_rate: int = 22050) -> list[str]:
     """`TrainingRun.external_args` under the voice's lock (TransientError while a run of this voice is on)."""
-    training_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(training_dir / LOCK_FILE))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise TransientError(f"voice {voice}: a training run holds {training_dir / LOCK_FILE}") from None
-    try:
+    with _voice_lock(voice, training_dir):
         run = TrainingRun(voice, dataset_dir, training_dir, cfg, threading.Event(), max_epochs=max_epochs,
                           sample_rate=sample_rate)
         return run.external_args()
-    finally:
-        lock.release()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
