@@ -134,7 +134,7 @@ class SpeakerStage(SpoolStage):
                                 f"'{voice}' is above its {similarity:.3f} to the target ({seconds:.1f} s clip)")
         change = self._change(samples, sr, seconds)
         if change is not None:
-            return self._split(item, meta, samples, sr, change, reference, info, ctx)
+            return self._split(item, meta, samples, sr, change, reference, others, info, ctx)
         return self._pass(item, meta, {**info, "decision": "target"}, ctx)
 
     # ------------------------------------------------------------------------------------------------ target
@@ -256,7 +256,7 @@ class SpeakerStage(SpoolStage):
         return find_change(windows, p.change_threshold, p.min_side_s)
 
     def _split(self, item: Item, meta: dict[str, Any], samples: np.ndarray, sr: int, at: float,
-               reference: np.ndarray, info: dict[str, Any], ctx: StageContext) -> Result:
+               reference: np.ndarray, others: list[np.ndarray], info: dict[str, Any], ctx: StageContext) -> Result:
         """The voice changes at `at` s: keep the side(s) of the target that are long enough, as clips of their own."""
         assert self._encoder is not None
         p = self.params()
@@ -270,8 +270,7 @@ class SpeakerStage(SpoolStage):
             part_emb = self._encoder.embed(part, sr)
             sim = cosine(part_emb, reference)
             if sim < float(p.threshold_for(part_s)) or \
-                    nearest_other(part_emb, self._others.get(meta["voice"], (0, reference, []))[2]) >= \
-                    sim + p.other_margin:
+                    nearest_other(part_emb, others) >= sim + p.other_margin:
                 continue
             start = float(meta.get("start", 0.0)) + offset
             cid = f"{meta['job_id']}-{round(start * 1000):09d}"
