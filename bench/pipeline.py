@@ -123,8 +123,31 @@ def run_daemon(files: list[Path], work: Path, timeout: float, extra: dict[str, d
     return {"rc": run.rc, "wall_s": run.wall_s, "cpu_s": run.cpu_s, "load_before": load_before,
             "load_after": support.load_average(),
             "stages": {name: st.to_dict(started) for name, st in stages.items()},
-            "ready_s": _ready_times(events, started), "dataset": _dataset_summary(root, events),
+            "ready_s": _ready_times(events, started),
+            "dataset": {**_dataset_summary(root, events), "wer": dataset_wer(root, files)},
             "memory": sampler.summary()}
+
+
+def dataset_wer(root: Path, files: list[Path]) -> float | None:
+    """Word error rate of the dataset's accepted clips against the known text: each clip's text against the
+    sentences whose middle falls inside the clip's span of its recording (all clips together)."""
+    import jiwer
+
+    from ttsft_daemon.text.textnorm import normalize_for_wer
+
+    truths = {f.name: json.loads(f.with_suffix(".truth.json").read_text())["sentences"] for f in files
+              if f.with_suffix(".truth.json").exists()}
+    refs, hyps = [], []
+    for meta_path in sorted(root.glob("dataset/*/clips/*.json")):
+        meta = json.loads(meta_path.read_text())
+        sentences = truths.get(str(meta.get("source_name")))
+        if sentences is None or meta.get("decision") != "accept":
+            continue
+        lo, hi = float(meta["start"]), float(meta["end"])
+        ref = " ".join(x["text"] for x in sentences if lo <= (float(x["start"]) + float(x["end"])) / 2 <= hi)
+        refs.append(normalize_for_wer(ref) or "-")
+        hyps.append(normalize_for_wer(str(meta.get("raw_text", meta.get("text", "")))))
+    return round(float(jiwer.wer(refs, hyps)), 4) if refs else None
 
 
 def _ready_times(events: list[dict[str, Any]], started: float) -> dict[str, float]:
@@ -172,6 +195,9 @@ def summarise(audio_s: float, repeats: list[dict[str, Any]]) -> dict[str, Any]:
         "daemon_cpu_s_per_audio_min_median": round(med("daemon", "cpu_s") / (audio_s / 60), 1),
         "naive_cpu_s_per_audio_min_median": round(med("naive", "cpu_s") / (audio_s / 60), 1),
         "speedup_daemon_cheap_per_repeat": [round(x, 2) for x in cheap],
+        "daemon_dataset_wer_per_repeat": [r["daemon"]["dataset"].get("wer") for r in repeats],
+        "daemon_accepted_speech_s_per_repeat": [r["daemon"]["dataset"]["accepted_speech_s"] for r in repeats],
+        "naive_wer_per_repeat": [r["naive"].get("wer") for r in repeats],
     }
 
 
@@ -187,14 +213,26 @@ def print_repeat(i: int, audio_s: float, rep: dict[str, Any]) -> None:
 
 
 def bench(args: argparse.Namespace) -> int:
+    for name in args.sets.split(","):
+        music = name == "music"
+        repeats = args.repeats if music else args.nomusic_repeats
+        output = Path(args.output) if music else Path(args.output).with_name("pipeline_nomusic.json")
+        bench_set(args, name, music, repeats, args.cheap_repeats if music else 0, output)
+    return 0
+
+
+def bench_set(args: argparse.Namespace, name: str, music: bool, n_repeats: int, cheap_repeats: int,
+              output: Path) -> None:
     seconds = [float(s) for s in args.seconds.split(",") if s.strip()]
-    work = Path(args.workdir).resolve()
-    files = [support.talk_file(work / "inputs", s, seed=100 + i) for i, s in enumerate(seconds)]
+    work = Path(args.workdir).resolve() / ("" if music else "nomusic")
+    files = [support.talk_file(Path(args.workdir).resolve() / "inputs", s, seed=100 + i, music=music)
+             for i, s in enumerate(seconds)]
     audio_s = sum(support.media_seconds(f) for f in files)
-    print(f"{len(files)} inputs, {audio_s / 60:.1f} min of audio; machine {support.machine()}", flush=True)
+    print(f"set {name}: {len(files)} inputs, {audio_s / 60:.1f} min of audio; machine {support.machine()}",
+          flush=True)
     repeats: list[dict[str, Any]] = []
-    for i in range(args.repeats):
-        order = ["naive", "daemon"] + (["daemon_cheap"] if i < args.cheap_repeats else [])
+    for i in range(n_repeats):
+        order = ["naive", "daemon"] + (["daemon_cheap"] if i < cheap_repeats else [])
         if i % 2:
             order.reverse()
         rep: dict[str, Any] = {"order": order}
@@ -208,16 +246,16 @@ def bench(args: argparse.Namespace) -> int:
         print_repeat(i, audio_s, rep)
     summary = summarise(audio_s, repeats)
     print(json.dumps(summary, indent=2))
-    support.write_json_atomically(Path(args.output), {
+    support.write_json_atomically(output, {
         "what": "data pipeline throughput: ttsft-daemon --exit-when-idle vs the naive Spleeter CLI + Whisper script",
+        "set": name, "music": "the support.make_talk music bed at -12 dB" if music else "none",
         "machine": support.machine(), "inputs": [{"name": f.name, "seconds": round(support.media_seconds(f), 1)}
                                                  for f in files],
         "daemon_config": {"inbox": INBOX, "separation": {"enabled": True}, "training": {"enabled": False},
                           "other keys": "defaults", "daemon_cheap adds": CHEAP},
         "summary": summary, "repeats": repeats,
     })
-    print(f"wrote {args.output}")
-    return 0
+    print(f"wrote {output}")
 
 
 def main() -> int:
@@ -225,7 +263,11 @@ def main() -> int:
         return naive(Path(sys.argv[2]), [Path(f) for f in sys.argv[3:]])
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", default=DEFAULT_SECONDS, help="input lengths in seconds, comma-separated")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="paired repeats on the music-bed inputs")
+    parser.add_argument("--sets", default="music,nomusic",
+                        help="input sets, comma-separated: music (the talks over a music bed; pipeline.json) and "
+                             "nomusic (the same talks without it; pipeline_nomusic.json)")
+    parser.add_argument("--nomusic-repeats", type=int, default=1, help="paired repeats on the music-free inputs")
     parser.add_argument("--cheap-repeats", type=int, default=1,
                         help="in this many repeats, also run the daemon with Whisper beam 1 and DNSMOS off")
     parser.add_argument("--timeout", type=float, default=3600.0, help="per run")

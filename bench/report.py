@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import support
 
 RESULTS = Path(__file__).resolve().parent / "results"
-STAGES = ("ingest", "separate", "segment", "transcribe", "accept")
+STAGES = ("ingest", "separate", "segment", "speaker", "transcribe", "accept")
 
 
 def table(header: list[str], rows: Iterable[list[Any]]) -> str:
@@ -66,6 +66,10 @@ def pipeline(p: dict[str, Any]) -> str:
     out += ["", f"Speedup (naive wall / daemon wall) per repeat: {s['speedup_per_repeat']}, median "
                 f"**{s['speedup_median']}**; CPU ratio (naive CPU / daemon CPU) per repeat: "
                 f"{s['cpu_ratio_naive_over_daemon_per_repeat']}."]
+    if s.get("daemon_dataset_wer_per_repeat"):
+        out.append(f"Daemon dataset: word error rate of the accepted clips against the known text per repeat "
+                   f"{s['daemon_dataset_wer_per_repeat']}, accepted speech s {s['daemon_accepted_speech_s_per_repeat']}"
+                   f"; the naive script's transcripts: WER {s.get('naive_wer_per_repeat')}.")
     if s.get("speedup_daemon_cheap_per_repeat"):
         out.append(f"Speedup of the daemon with Whisper beam 1 and DNSMOS off: {s['speedup_daemon_cheap_per_repeat']}.")
     return "\n".join(out)
@@ -160,6 +164,8 @@ def watcher(w: dict[str, Any]) -> str:
 # Blocks of RESULTS.md that `--update` regenerates: <!-- report:NAME --> ... <!-- /report -->
 BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "pipeline": ("pipeline.json", pipeline), "pipeline_stages": ("pipeline.json", pipeline_stages),
+    "pipeline_nomusic": ("pipeline_nomusic.json", pipeline),
+    "pipeline_nomusic_stages": ("pipeline_nomusic.json", pipeline_stages),
     "transcribe_cost": ("transcribe_cost.json", transcribe_cost), "memory": ("memory.json", memory),
     "memory_defaults": ("memory_defaults.json", memory),
     "watcher": ("watcher.json", watcher),

@@ -160,12 +160,13 @@ def make_talk(bank: list[np.ndarray], seconds: float, seed: int, music_db: float
                                 sentences, pauses)
 
 
-def talk_file(folder: Path, seconds: float, seed: int, kind: str = "mp3") -> Path:
-    """An input recording (cached by length and seed) with its ground truth beside it as .truth.json."""
+def talk_file(folder: Path, seconds: float, seed: int, kind: str = "mp3", music: bool = True) -> Path:
+    """An input recording (cached by length, seed and music) with its ground truth beside it as .truth.json;
+    `music` False: the same talk without the music bed."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"talk_{seconds:g}s_seed{seed}.{kind}"
+    path = folder / f"talk_{seconds:g}s_seed{seed}{'' if music else '_nomusic'}.{kind}"
     if not path.exists():
-        rec = make_talk(sentence_bank(), seconds, seed)
+        rec = make_talk(sentence_bank(), seconds, seed, -12.0 if music else None)
         demo_audio.write_ground_truth(rec, path.with_suffix(".truth.json"))
         demo_audio.write_media(rec, path, kind)
     return path
