@@ -89,7 +89,7 @@ def pipeline_stages(p: dict[str, Any]) -> str:
             cells = [f"{st[s]['busy_s']} ({st[s]['items']})" if s in st else "-" for s in STAGES]
             rows.append([i, kind, d["ready_s"].get("spleeter_worker", "-"), *cells, d["wall_s"]])
     return table(["repeat", "contender", "Spleeter worker ready at s", "ingest busy s (items)", "separate",
-                  "segment", "transcribe", "accept", "wall s"], rows)
+                  "segment", "speaker", "transcribe", "accept", "wall s"], rows)
 
 
 def transcribe_cost(t: dict[str, Any]) -> str:
