@@ -94,6 +94,8 @@ class SeparationConfig:
                         choices=["linear", "equal_power"])
     input_level_dbfs: float | None = _f(-14.0, "level of the non-silent audio fed to Spleeter (quiet input "
                                         "separates worse); null: no gain", min=-60.0, max=0.0)
+    threads: int = _f(0, "TensorFlow threads of the Spleeter worker (0 = auto: 1 on hosts of up to 4 cores, where "
+                      "the other stages' workers hold the other cores; else half the cores)", min=0, max=256)
 
     @property
     def python_path(self) -> Path:
@@ -152,6 +154,8 @@ class SpeakerConfig:
                                "is ambiguous and its clips wait for an enrollment", min=1.0)
     min_decide_seconds: float = _f(60.0, "speech heard before the dominant speaker is chosen (less: clips wait, "
                                    "unless nothing more of the voice is coming)", min=0.0)
+    threads: int = _f(0, "torch threads of the speaker encoder (0 = auto: 1 on hosts of up to 4 cores, where a "
+                      "second thread only spins while the other stages hold the cores; else 2)", min=0, max=64)
     change_window_seconds: float = _f(1.6, "window of the speaker-change check inside a clip", min=0.5)
     change_hop_seconds: float = _f(0.2, "hop of that window", min=0.05)
     change_threshold: float = _f(0.72, "the mean embeddings before and after a point of a clip less similar than "

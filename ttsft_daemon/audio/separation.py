@@ -166,6 +166,7 @@ class SeparatorProcess:
         start_timeout: float = 300.0,
         crossfade: str = "linear",
         level_dbfs: float | None = -14.0,
+        threads: int = 0,
     ) -> None:
         if crossfade not in CROSSFADES:
             raise ValueError(f"crossfade must be one of {CROSSFADES}, not {crossfade!r}")
@@ -179,6 +180,7 @@ class SeparatorProcess:
         self.start_timeout = start_timeout
         self.crossfade = crossfade
         self.level_dbfs = level_dbfs
+        self.threads = threads
         self._request_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._worker: _Worker | None = None
@@ -239,7 +241,7 @@ class SeparatorProcess:
         return worker
 
     def _spawn(self) -> _Worker:
-        argv = [str(self.python), str(WORKER_SCRIPT), str(self.model_dir)]
+        argv = [str(self.python), str(WORKER_SCRIPT), str(self.model_dir), "--threads", str(self.threads)]
         try:
             worker = _Worker(argv, _worker_env())
         except OSError as exc:

@@ -7,6 +7,8 @@ committed outputs only wake workers early: every worker rescans its source perio
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import threading
@@ -31,6 +33,8 @@ from ttsft_daemon.pipeline import INBOX, PIPELINE, TRAIN, StageSpec, downstream,
 from ttsft_daemon.stages.base import Stage, StageEnv
 from ttsft_daemon.status import collect, one_line, write_daemon_info
 from ttsft_daemon.training.scheduler import TrainerWorker
+
+PR_SET_NAME = 15  # prctl option (linux/prctl.h)
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +104,17 @@ class Waker:
             self._cond.wait_for(lambda: self._generation != seen, timeout)
 
 
+def name_os_thread(name: str) -> None:
+    """Give the calling thread its name in the OS too (Linux keeps 15 bytes), so that `top -H` and
+    /proc/<pid>/task/*/comm show which stage a busy thread belongs to; the thread pools that Whisper, ONNX
+    Runtime and torch start from it inherit the name. Best effort: other systems keep "python"."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 class WorkerPool:
     """`size` threads of one stage (one row of the pipeline table)."""
 
@@ -127,6 +142,7 @@ class WorkerPool:
 
     def _loop(self) -> None:
         me = threading.current_thread().name
+        name_os_thread(me.removeprefix("ttsft-"))
         d = self.daemon
         stage: Stage | None = None
         crashed = False

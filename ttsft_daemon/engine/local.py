@@ -16,6 +16,7 @@ import numpy as np
 from ttsft_daemon.audio.separation import SeparatorProcess, decode_and_separate
 from ttsft_daemon.audio.speaker import SpeakerEncoder
 from ttsft_daemon.config import Config
+from ttsft_daemon.core import cpu
 from ttsft_daemon.engine import PassResult
 from ttsft_daemon.text.quality import QualityGate, QualityReport
 from ttsft_daemon.text.transcription import Transcriber, Transcript
@@ -40,6 +41,7 @@ class LocalSeparator:
                 start_timeout=sep.start_timeout_seconds,
                 crossfade=sep.crossfade,
                 level_dbfs=sep.input_level_dbfs,
+                threads=cpu.pool_threads(sep.threads, big_host=max(1, cpu.usable_cores() // 2)),
             )
             self._separator.start()
 
@@ -98,7 +100,7 @@ class LocalEngine:
         return LocalSeparator(config)
 
     def speaker_encoder(self, config: Config, limit: float) -> SpeakerEncoder:
-        return SpeakerEncoder()
+        return SpeakerEncoder(threads=cpu.pool_threads(config.speaker.threads, big_host=2))
 
     def transcriber(self, config: Config, limit: float) -> LocalTranscriber:
         return LocalTranscriber(config)

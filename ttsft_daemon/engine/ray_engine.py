@@ -33,6 +33,7 @@ import numpy as np
 import structlog
 
 from ttsft_daemon.config import Config, RayPoolConfig
+from ttsft_daemon.core import cpu
 from ttsft_daemon.engine import PassResult, Windows
 from ttsft_daemon.engine.local import LocalEngine, LocalSeparator, LocalTranscriber
 from ttsft_daemon.errors import ConfigError, RejectedInput, ShuttingDown, TransientError, TtsftError, WorkerDied
@@ -123,7 +124,7 @@ class SpeakerActor(_StageActor):
     def _load(self) -> None:
         from ttsft_daemon.audio.speaker import SpeakerEncoder
 
-        self.work = SpeakerEncoder()
+        self.work = SpeakerEncoder(threads=cpu.pool_threads(self.config.speaker.threads, big_host=2))
 
     def embed(self, samples: np.ndarray, sr: int) -> Outcome:
         return _outcome(lambda: self.work.embed(samples, sr))

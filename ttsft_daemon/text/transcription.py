@@ -9,7 +9,6 @@ and the clip's JSON shows what Whisper heard even on a rejected clip.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import soundfile as sf
 import soxr
 
 from ttsft_daemon.config import TranscriptionConfig
+from ttsft_daemon.core import cpu
 from ttsft_daemon.errors import ConfigError, RejectedInput
 from ttsft_daemon.logs import get_logger
 from ttsft_daemon.text import packing
@@ -106,12 +106,10 @@ def pick_compute_type(compute_type: str, device: str) -> str:
 
 
 def pick_cpu_threads(configured: int) -> int:
-    """CTranslate2 threads per worker: as configured, or with 0 one thread on a host of up to 4 usable cores
-    (there one thread per worker, the workers running side by side, transcribed 1.7x faster than CTranslate2's
-    default of 4 threads: `bench/transcribe_cost.py`), else CTranslate2's default."""
-    if configured > 0:
-        return configured
-    return 1 if len(os.sched_getaffinity(0)) <= 4 else 0
+    """CTranslate2 threads per worker: as configured, or with 0 one thread on a small host (there one thread per
+    worker, the workers running side by side, transcribed 1.7x faster than CTranslate2's default of 4 threads:
+    `bench/transcribe_cost.py`), else CTranslate2's default (core/cpu.py)."""
+    return cpu.pool_threads(configured, big_host=0)
 
 
 def _round(value: float, places: int = 4) -> float:
