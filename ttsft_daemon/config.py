@@ -86,7 +86,8 @@ class SeparationConfig:
     enabled: bool = _f(True, "false skips Spleeter for clean recordings")
     python: Path | None = _f(None, "python of the Spleeter environment (default: .venv-spleeter/bin/python)")
     model_dir: Path | None = _f(None, "Spleeter MODEL_PATH (default: <models>/spleeter)")
-    chunk_seconds: float = _f(60.0, "separate in chunks of this length (memory stays flat)", min=5.0)
+    chunk_seconds: float = _f(55.0, "separate in chunks of this length (memory stays flat; 55 s with the 2 s "
+                              "overlaps fills 5 of Spleeter's 512-frame segments, 60 s needed 6)", min=5.0)
     overlap_seconds: float = _f(2.0, "overlap cross-faded between chunks", min=0.0)
     timeout_seconds: float = _f(3600.0, "time limit for separating one recording", min=10.0)
     start_timeout_seconds: float = _f(300.0, "time limit for the worker to load the model", min=1.0)
@@ -94,8 +95,18 @@ class SeparationConfig:
                         choices=["linear", "equal_power"])
     input_level_dbfs: float | None = _f(-14.0, "level of the non-silent audio fed to Spleeter (quiet input "
                                         "separates worse); null: no gain", min=-60.0, max=0.0)
-    threads: int = _f(0, "TensorFlow threads of the Spleeter worker (0 = auto: 1 on hosts of up to 4 cores, where "
-                      "the other stages' workers hold the other cores; else half the cores)", min=0, max=256)
+    engine: str = _f("auto", "onnx: Spleeter's U-Nets in ONNX Runtime (<model_dir>/2stems.onnx, made by "
+                     "scripts/install.sh; the same vocals to float rounding for 0.42x TensorFlow's CPU); tf: "
+                     "TensorFlow; auto: onnx where that file exists, else tf", choices=["auto", "onnx", "tf"])
+    skip_music_free: bool = _f(True, "pass chunks without music through unseparated (speech alone falls silent "
+                               "between phrases, music fills the gaps; see music_free_gap_db): a recording "
+                               "without music costs no separation")
+    music_free_gap_db: float = _f(30.0, "a chunk is music-free when 95 % of its 4 s windows hold a 0.1 s moment "
+                                  "this far below their loud part (a noisier recording is separated as before)",
+                                  min=10.0, max=80.0)
+    threads: int = _f(0, "ONNX Runtime / TensorFlow threads of the Spleeter worker (0 = auto: 1 on hosts of up to 4 "
+                      "cores, where the other stages' workers hold the other cores; else half the cores)",
+                      min=0, max=256)
 
     @property
     def python_path(self) -> Path:

@@ -167,6 +167,8 @@ class SeparatorProcess:
         crossfade: str = "linear",
         level_dbfs: float | None = -14.0,
         threads: int = 0,
+        engine: str = "auto",
+        music_gap_db: float | None = None,
     ) -> None:
         if crossfade not in CROSSFADES:
             raise ValueError(f"crossfade must be one of {CROSSFADES}, not {crossfade!r}")
@@ -181,6 +183,8 @@ class SeparatorProcess:
         self.crossfade = crossfade
         self.level_dbfs = level_dbfs
         self.threads = threads
+        self.engine = engine
+        self.music_gap_db = music_gap_db
         self._request_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._worker: _Worker | None = None
@@ -241,7 +245,8 @@ class SeparatorProcess:
         return worker
 
     def _spawn(self) -> _Worker:
-        argv = [str(self.python), str(WORKER_SCRIPT), str(self.model_dir), "--threads", str(self.threads)]
+        argv = [str(self.python), str(WORKER_SCRIPT), str(self.model_dir), "--engine", self.engine,
+                "--threads", str(self.threads)]
         try:
             worker = _Worker(argv, _worker_env())
         except OSError as exc:
@@ -285,6 +290,7 @@ class SeparatorProcess:
             "overlap_seconds": self.overlap_seconds,
             "crossfade": self.crossfade,
             "level_dbfs": self.level_dbfs,
+            "music_gap_db": self.music_gap_db,
         }
         try:
             self.last_result = self._call(request, timeout=self.timeout)

@@ -42,12 +42,17 @@ class LocalSeparator:
                 crossfade=sep.crossfade,
                 level_dbfs=sep.input_level_dbfs,
                 threads=cpu.pool_threads(sep.threads, big_host=max(1, cpu.usable_cores() // 2)),
+                engine=sep.engine,
+                music_gap_db=sep.music_free_gap_db if sep.skip_music_free else None,
             )
             self._separator.start()
 
     def separate(self, src: Path, dst: Path, workdir: Path, stop: threading.Event | None = None) -> dict[str, Any]:
         decode_and_separate(self._separator, src, dst, workdir, self.config.daemon.ffmpeg_timeout_seconds)
-        return {"separated": self._separator is not None}
+        if self._separator is None:
+            return {"separated": False}
+        answer = self._separator.last_result or {}
+        return {"separated": True, "chunks": answer.get("chunks"), "music_free_chunks": answer.get("music_free_chunks")}
 
     def close(self) -> None:
         if self._separator is not None:

@@ -302,7 +302,8 @@ class RaySeparator:
         wav, meta = self.pool.call("separate", (Path(src).read_bytes(), Path(src).suffix), self.limit, stop)
         with open(dst, "wb") as fh:  # the stage's temporary output: the item runner fsyncs and commits it
             fh.write(wav)
-        return {"separated": bool(meta["separated"])}
+        return {"separated": bool(meta["separated"]), "chunks": meta.get("chunks"),
+                "music_free_chunks": meta.get("music_free_chunks")}
 
     def close(self) -> None:
         pass

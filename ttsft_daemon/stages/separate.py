@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ttsft_daemon import engine
 from ttsft_daemon.core.jobs import JobRecord
 from ttsft_daemon.core.spool import Item
@@ -38,8 +40,13 @@ class SeparateStage(SpoolStage):
             raise
         separated = bool(info["separated"])
         out_meta = {**meta, "separated": separated}
+        log: dict[str, Any] = {"spleeter": separated}
+        if separated and info.get("chunks") is not None:
+            # chunks passed through unseparated because no music was found in them (separation.skip_music_free)
+            out_meta["separation_chunks"] = log["chunks"] = info["chunks"]
+            out_meta["music_free_chunks"] = log["music_free_chunks"] = info.get("music_free_chunks") or 0
 
         def update(job: JobRecord) -> None:
             job.separated, job.spleeter = True, separated
 
-        return Result([Output(self.target, job_id, tmp, "wav", out_meta)], update, log={"spleeter": separated})
+        return Result([Output(self.target, job_id, tmp, "wav", out_meta)], update, log=log)
