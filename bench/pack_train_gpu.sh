@@ -14,6 +14,8 @@
 # or, for plain piper.train against the project's fast path (issue 15; Triton and CUDA torch are on the host):
 #     && python3 bench/train_gpu_vs_piper.py --dataset .gpu-carry/dataset --epochs 24 --workdir /tmp/tgv \
 #          --out $OUT/train_gpu_vs_piper.json
+# or all of issue 15's measurement in one call (CUDA tests, step profile, comparison; bench/train_gpu_session.py):
+#     && export PYTHONUNBUFFERED=1 && python3 bench/train_gpu_session.py --steps tests,profile,bench --out $OUT
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARRY=.gpu-carry

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import json
 import sys
 import time
@@ -27,14 +28,23 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-VARIANTS: dict[str, tuple[tuple[str, ...], str | None]] = {
-    "eager": ((), None),
-    "eager-channels-last": ((), None),  # experiment: period discriminators' conv weights channels-last
-    "static": (("dec", "disc", "loss"), None),
-    "dynamic": (("dp", "flow", "enc_q", "enc_p"), None),
-    "all": (("dec", "disc", "dp", "flow", "enc_q", "enc_p", "loss"), None),
-    "all-cudagraphs": (("dec", "disc", "dp", "flow", "enc_q", "enc_p", "loss"), "reduce-overhead"),
+GRAPHED = ("disc_train", "disc_gen", "dec", "dp", "enc_p", "enc_q", "flow")  # = fast.graphs.TARGETS
+# name: (compiled targets, compile mode for static targets, graphed parts, bf16 decoder + discriminators)
+VARIANTS: dict[str, tuple[tuple[str, ...], str | None, tuple[str, ...], bool]] = {
+    "eager": ((), None, (), False),
+    "bf16": ((), None, (), True),
+    "graphs": ((), None, GRAPHED, False),
+    "graphs-bf16": ((), None, GRAPHED, True),
+    "graphs4-bf16": ((), None, ("disc_train", "disc_gen", "dec", "dp"), True),  # the first round's four parts
+    "graphs-disc-bf16": ((), None, ("disc_train", "disc_gen"), True),
+    "eager-channels-last": ((), None, (), False),  # experiment: period discriminators' conv weights channels-last
+    "static": (("dec", "disc", "loss"), None, (), False),
+    "dynamic": (("dp", "flow", "enc_q", "enc_p"), None, (), False),
+    "all": (("dec", "disc", "dp", "flow", "enc_q", "enc_p", "loss"), None, (), False),
+    "all-cudagraphs": (("dec", "disc", "dp", "flow", "enc_q", "enc_p", "loss"), "reduce-overhead", (), False),
 }
+HOST_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch",
+                 "cudaMemcpyAsync", "cudaMemsetAsync")
 TINY = {"resblock": "2", "resblock_kernel_sizes": (3, 5, 7), "resblock_dilation_sizes": ((1, 2), (2, 6), (3, 12)),
         "upsample_rates": (8, 8, 4), "upsample_initial_channel": 32, "upsample_kernel_sizes": (16, 16, 8),
         "inter_channels": 32, "hidden_channels": 32, "filter_channels": 64, "n_layers": 2,
@@ -74,6 +84,64 @@ def step(model: Any, opts: tuple[Any, Any], batch: Any) -> tuple[Any, Any]:
     return loss_g.detach(), loss_d.detach()
 
 
+def step_phases(model: Any, opts: tuple[Any, Any], batch: Any) -> list[float]:
+    """`step` with the host's time per phase (no syncs: what the host spends issuing each part)."""
+    opt_g, opt_d = opts
+    marks = [time.perf_counter()]
+    loss_g, loss_d, _ = model._compute_loss(batch)
+    marks.append(time.perf_counter())
+    opt_g.zero_grad()
+    loss_g.backward()
+    marks.append(time.perf_counter())
+    opt_g.step()
+    marks.append(time.perf_counter())
+    opt_d.zero_grad()
+    loss_d.backward()
+    marks.append(time.perf_counter())
+    opt_d.step()
+    marks.append(time.perf_counter())
+    return [b - a for a, b in itertools.pairwise(marks)]
+
+
+def host_breakdown(model: Any, opts: tuple[Any, Any], batches: list[Any], steps: int = 6) -> dict[str, Any]:
+    """Host ms per phase and per step (no syncs inside), the step's wall time with the device (one sync at
+    the end), Python's garbage collections in those steps, and the graphs (part, first input shape: the
+    parameters they take)."""
+    import gc
+
+    import torch
+
+    collections_seen: list[float] = []
+    started_at: list[float] = []
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started_at.append(time.perf_counter())
+        elif started_at:
+            collections_seen.append(time.perf_counter() - started_at.pop())
+
+    torch.cuda.synchronize()
+    gc.callbacks.append(on_gc)
+    try:
+        began = time.perf_counter()
+        phases = [step_phases(model, opts, batches[i % len(batches)]) for i in range(steps)]
+        issued = time.perf_counter() - began
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - began
+    finally:
+        gc.callbacks.remove(on_gc)
+    names = ("forward", "backward_g", "adamw_g", "backward_d", "adamw_d")
+    result: dict[str, Any] = {
+        "host_ms": {n: round(1000 * sum(p[i] for p in phases) / steps, 2) for i, n in enumerate(names)},
+        "host_ms_per_step": round(1000 * issued / steps, 2), "wall_ms_per_step": round(1000 * wall / steps, 2),
+        "gc_collections": len(collections_seen), "gc_ms_per_step": round(1000 * sum(collections_seen) / steps, 2),
+    }
+    state = model.__dict__.get("ttsft_graphs")
+    if state is not None:
+        result["graphs"] = {f"{key[0]} {key[1][0]}": len(call.params) for key, call in state.calls.items()}
+    return result
+
+
 def channels_last_discriminators(model: Any) -> int:
     """Experiment: each 2-D convolution of the period discriminators gets its (weight-normed) weight in
     channels-last layout, so cuDNN's NHWC tensor-core kernels take the activations without converting them
@@ -100,7 +168,7 @@ def run_variant(name: str, args: argparse.Namespace, batches: list[Any]) -> dict
     from ttsft_daemon.training.fast import compiled
     from ttsft_daemon.training.fast.model import FastVitsModel
 
-    targets, mode = VARIANTS[name]
+    targets, mode, graphed, bf16 = VARIANTS[name]
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     torch.manual_seed(0)
@@ -115,6 +183,8 @@ def run_variant(name: str, args: argparse.Namespace, batches: list[Any]) -> dict
             torch.cuda.synchronize()
 
     compiled.compile_hot_modules(model, targets, static_mode=mode, backend=args.backend)
+    if cuda and (graphed or bf16):
+        print(f"[profile] {name}: {model.enable_cuda_parts(graphed, torch.bfloat16 if bf16 else None)}", flush=True)
     changed = channels_last_discriminators(model) if name.endswith("channels-last") else 0
     started = time.perf_counter()
     for b in batches + batches[:2]:  # every distinct shape once: compiles and recompiles happen here
@@ -135,7 +205,8 @@ def run_variant(name: str, args: argparse.Namespace, batches: list[Any]) -> dict
     sync()
     step_s = (time.perf_counter() - started) / done
     result: dict[str, Any] = {
-        "targets": list(targets), "static_mode": mode, "channels_last_convs": changed,
+        "targets": list(targets), "static_mode": mode, "graphed": list(graphed), "bf16": bf16,
+        "channels_last_convs": changed,
         "warmup_seconds": round(warm_s, 1),
         "graphs": graphs, "graph_breaks": breaks, "recompiles": recompiles,
         "timed_steps": done, "ms_per_step": round(step_s * 1000, 2), "clips_per_s": round(args.batch / step_s, 1),
@@ -144,6 +215,8 @@ def run_variant(name: str, args: argparse.Namespace, batches: list[Any]) -> dict
     }
     if cuda:
         result["peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+        result["host"] = host_breakdown(model, opts, batches)
+        print(f"[profile] {name} host: {json.dumps(result['host'])}", flush=True)
         prof_steps = 3
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for i in range(prof_steps):
@@ -151,8 +224,18 @@ def run_variant(name: str, args: argparse.Namespace, batches: list[Any]) -> dict
             sync()
         kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
         kernel_us = sum(e.device_time for e in kernels) / prof_steps
+        cpu_ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:20]
+        result["top_cpu_ops"] = [(e.key[:60], round(e.count / prof_steps),
+                                  round(e.self_cpu_time_total / 1000 / prof_steps, 2)) for e in cpu_ops]
         names = collections.Counter(e.name[:80] for e in kernels)
+        launches = sum(1 for e in prof.events() if e.device_type.name == "CPU" and e.name in HOST_LAUNCHES)
+        graph_state = model.__dict__.get("ttsft_graphs")
         result.update({
+            "host_launches_per_step": round(launches / prof_steps),
+            "graphs_captured": dict(graph_state.captured) if graph_state is not None else None,
+            "graph_failures": dict(graph_state.failed) if graph_state is not None else None,
+            "layout_conversions_per_step": round(sum(c for n, c in names.items()
+                                                     if "nchwToNhwc" in n or "nhwcToNchw" in n) / prof_steps),
             "cuda_events_per_step": round(len(kernels) / prof_steps),
             "kernel_ms_per_step": round(kernel_us / 1000, 2),
             "gpu_busy": round(kernel_us / 1e6 / step_s, 3),
@@ -253,7 +336,7 @@ def attribute(args: argparse.Namespace, batches: list[Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default="eager,static,all,all-cudagraphs,dynamic")
+    p.add_argument("--variants", default="eager,bf16,graphs,graphs-bf16")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--max-seconds", type=float, default=40.0, help="cap on a variant's timed steps")

@@ -7,10 +7,13 @@ Trains the same dataset three times with the same batch size, seed and number of
                      the alignment core adapter, its val_mel ModelCheckpoint without the val_mos one (MOS off),
                      nothing else of the project (the export fix is not involved). Run twice: the spread
                      between the two is the run-to-run spread the project's curve is held to.
-  project            the daemon's own runner and launcher with `training.fast: true` (the defaults, checkpoint
-                     every epoch as configured; the fast path writes in the background and skips due saves
-                     past its 5 % wall-time share). The LR-scheduler correctness fix is switched off here so
-                     the comparison is about speed only.
+  project            the daemon's own runner and launcher with `training.fast: true` and `training.precision:
+                     auto` (the defaults: on CUDA the step's parts as CUDA graphs, the decoder and
+                     discriminators in bf16; checkpoint every epoch as configured; the fast path writes in
+                     the background and skips due saves past its 5 % wall-time share). The LR-scheduler
+                     correctness fix is switched off here so the comparison is about speed only. Other
+                     project variants (PROJECT_VARIANTS: project-fp32, project-nographs, project-eager) can
+                     be added to --runs.
 Order: project, plain-a, plain-b (a failing project run then costs the least device time). Each run
 records its per-step losses and per-epoch timings with the launcher's StepLog callback (one device read
 per epoch). Epoch 1 is warm-up and left out of the rates.
@@ -42,6 +45,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 LOSSES = ("loss_g", "loss_d")
 WINDOWS = 10
+INNER_SKIP = 0.25  # seconds left out at the start of each loop window for `gpu_busy_inner`
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -126,8 +130,10 @@ class GpuSampler:
             self._proc.terminate()
             self._proc.wait(timeout=10)
 
-    def busy(self, windows: list[tuple[float, float]]) -> float | None:
-        inside = [u for t, u, _ in self.samples if any(a <= t <= b for a, b in windows)]
+    def busy(self, windows: list[tuple[float, float]], skip: float = 0.0) -> float | None:
+        """Mean utilisation of the samples taken inside the windows, `skip` seconds after each one's start
+        (a sample averages the driver's last sample period: the first ones in a window cover time before it)."""
+        inside = [u for t, u, _ in self.samples if any(a + skip <= t <= b for a, b in windows)]
         return round(statistics.fmean(inside) / 100.0, 3) if inside else None
 
     def peak_mib(self, start: float, end: float) -> float | None:
@@ -173,28 +179,47 @@ def run_plain(name: str, args: argparse.Namespace, data: dict[str, Path]) -> tup
     return log, started
 
 
-def run_project(args: argparse.Namespace, data: dict[str, Path]) -> tuple[Path, float]:
+# Variants of the project's run besides `project` (the defaults): (training.precision, environment)
+PROJECT_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "project": ("auto", {}),
+    "project-fp32": ("32-true", {}),  # graphs, no bf16
+    "project-nographs": ("auto", {"TTSFT_FAST_GRAPHS": "0"}),  # bf16, no graphs
+    "project-eager": ("32-true", {"TTSFT_FAST_GRAPHS": "0"}),  # the previous round's fast path
+}
+
+
+def run_project(args: argparse.Namespace, data: dict[str, Path], name: str = "project") -> tuple[Path, float]:
     import threading as th
 
     from ttsft_daemon.config import TrainingConfig
     from ttsft_daemon.training.progress import CACHE_MARKER
     from ttsft_daemon.training.runner import CACHE_DIR, train
 
-    root = args.workdir / "project"
+    precision, env = PROJECT_VARIANTS[name]
+    root = args.workdir / name
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     if (data["cache"] / CACHE_MARKER).exists():  # piper's prepared cache: same CSV rows, same cache ids
         shutil.copytree(data["cache"], root / CACHE_DIR, copy_function=shutil.copy2)
     cfg = TrainingConfig(quality=args.quality, batch_size=args.batch_size, accelerator=args.accelerator,
-                         devices="1", precision="32-true", num_workers=args.num_workers, fast=True,
+                         devices="1", precision=precision, num_workers=args.num_workers, fast=True,
                          checkpoint_every_epochs=1, keep_last=2, keep_best=0, disk_budget_gb=20.0)
     log = root / "steps.jsonl"
     extra = ["--ttsft.step_log", str(log), "--ttsft.step_lr_schedulers", "false"]
     if args.quick:
         extra += ["--trainer.limit_train_batches", "0.5"]
     started = time.time()
-    state = train("bench", data["dataset"], root, cfg, th.Event(), max_epochs=args.epochs, extra_args=extra,
-                  log_max_bytes=50_000_000)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the trainer process inherits them
+    try:
+        state = train("bench", data["dataset"], root, cfg, th.Event(), max_epochs=args.epochs, extra_args=extra,
+                      log_max_bytes=50_000_000)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     if state.state != "finished":
         raise SystemExit(f"[bench] project run ended {state.state}: {state.error}")
     if not (data["cache"] / CACHE_MARKER).exists():  # the plain runs reuse the cache this run prepared
@@ -232,6 +257,7 @@ def summarise_run(name: str, epochs: list[dict[str, Any]], batch: int, gpu: GpuS
                                   / max(1e-9, sum(e["wall_seconds"] for e in epochs)), 3),
         "startup_seconds": round(epochs[0]["started"] - started, 1),
         "gpu_busy": gpu.busy(windows),
+        "gpu_busy_inner": gpu.busy(windows, skip=INNER_SKIP),
         "gpu_peak_mib": gpu.peak_mib(started, end),
         "losses": {k: [v for e in epochs for v in e["losses"].get(k, [])] for k in LOSSES},
     }
@@ -242,12 +268,12 @@ def window_means(values: list[float], windows: int) -> list[float]:
     return [statistics.fmean(values[i:i + size]) for i in range(0, size * (len(values) // size), size)]
 
 
-def compare_losses(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def compare_losses(runs: dict[str, dict[str, Any]], project: str = "project") -> dict[str, Any]:
     """Per loss: windowed means of the project vs the mean of the two plain runs, against their spread."""
     result: dict[str, Any] = {}
     within = True
     for key in LOSSES:
-        a, b, p = (runs[n]["losses"][key] for n in ("plain-a", "plain-b", "project"))
+        a, b, p = (runs[n]["losses"][key] for n in ("plain-a", "plain-b", project))
         n = min(len(a), len(b), len(p))
         wa, wb, wp = (window_means(v[:n], WINDOWS) for v in (a, b, p))
         spread = [abs(x - y) for x, y in zip(wa, wb, strict=True)]
@@ -265,7 +291,7 @@ def compare_losses(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def side_by_side(runs: dict[str, dict[str, Any]], every: int) -> str:
-    names = [n for n in ("plain-a", "plain-b", "project") if n in runs]
+    names = [n for n in ("plain-a", "plain-b", *PROJECT_VARIANTS) if n in runs]
     head = "step | " + " | ".join(f"{n} g / d" for n in names)
     lines = [head]
     steps = min(len(runs[n]["losses"]["loss_g"]) for n in names)
@@ -299,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     with GpuSampler() as gpu:
         for name in args.runs.split(","):
             print(f"[bench] {name} ...", flush=True)
-            if name == "project":
-                log, started = run_project(args, data)
+            if name in PROJECT_VARIANTS:
+                log, started = run_project(args, data, name)
             else:
                 log, started = run_plain(name, args, data)
                 atomic_write_bytes(data["cache"] / CACHE_MARKER, now_iso().encode())  # prepared by now
@@ -312,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     plain = [runs[n] for n in ("plain-a", "plain-b") if n in runs]
     project = runs.get("project")
     summary: dict[str, Any] = {"gpu": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")}
+    if not plain:  # a project-only call: its own figures
+        summary["project_runs"] = {n: {k: r[k] for k in ("clips_per_s", "clips_per_s_wall", "gpu_busy",
+                                                         "gpu_busy_inner", "checkpoint_share", "gpu_peak_mib")}
+                                   for n, r in runs.items()}
     if plain and project:
         plain_rate = statistics.fmean(r["clips_per_s"] for r in plain)
         plain_wall = statistics.fmean(r["clips_per_s_wall"] for r in plain)
@@ -321,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             "plain_clips_per_s": [r["clips_per_s"] for r in plain],
             "project_clips_per_s": project["clips_per_s"],
             "gpu_busy": project["gpu_busy"],
+            "gpu_busy_inner": project["gpu_busy_inner"],
             "plain_gpu_busy": [r["gpu_busy"] for r in plain],
             "checkpoint_share": project["checkpoint_share"],
             "plain_checkpoint_share": [r["checkpoint_share"] for r in plain],
@@ -330,6 +361,15 @@ def main(argv: list[str] | None = None) -> int:
     comparison = compare_losses(runs) if len(plain) == 2 and project else None
     if comparison is not None:
         summary["loss_within_spread"] = comparison["within_spread"]
+    variants = [n for n in PROJECT_VARIANTS if n != "project" and n in runs]
+    if plain and variants:  # the other project variants, for the record (the summary is `project`'s)
+        plain_rate = statistics.fmean(r["clips_per_s"] for r in plain)
+        summary["variants"] = {n: {
+            "ratio_clips_per_s": round(runs[n]["clips_per_s"] / plain_rate, 3), "gpu_busy": runs[n]["gpu_busy"],
+            "gpu_busy_inner": runs[n]["gpu_busy_inner"], "clips_per_s": runs[n]["clips_per_s"],
+            "checkpoint_share": runs[n]["checkpoint_share"],
+            "loss_within_spread": compare_losses(runs, n)["within_spread"] if len(plain) == 2 else None,
+        } for n in variants}
     result = {"summary": summary, "device": device_info(), "measured": now_iso(),
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "dataset": {"clips": clips, "minutes": round(seconds / 60, 2)},

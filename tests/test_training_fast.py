@@ -7,6 +7,7 @@ arithmetic may round differently. The Triton kernel runs where CUDA and Triton e
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 
 from ttsft_daemon.training import fast, launcher
 from ttsft_daemon.training.fast import checkpoint as fast_checkpoint
-from ttsft_daemon.training.fast import compiled, flows, losses, mas, segments, spline, wn
+from ttsft_daemon.training.fast import compiled, flows, graphs, losses, mas, segments, spline, wn
 from ttsft_daemon.training.mas import maximum_path_reference
 
 launcher.install_fixes()  # piper's alignment core (fix 1), needed by its models
@@ -169,6 +170,38 @@ def test_duration_predictor_given_its_noise_is_piper_s() -> None:
     finally:
         fast.uninstall()
     assert torch.equal(ours, theirs)
+
+
+def test_duration_predictor_on_padded_text_gives_the_same_nll() -> None:
+    """The graphed branch pads the text axis (zeros, outside the mask) to a multiple of TEXT_BUCKET: every
+    value inside the mask, and so the nll, is the unpadded one (eval mode: no dropout)."""
+    torch.manual_seed(0)
+    sdp = models.StochasticDurationPredictor(16, 16, 3, 0.5, gin_channels=0).eval()
+    for p in sdp.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x_in, mask = torch.randn(3, 16, 21), torch.ones(3, 1, 21)
+    mask[1, :, 13:] = 0
+    mask[2, :, 4:] = 0
+    w = torch.rand(3, 1, 21) * 3 * mask
+    noise = torch.randn(3, 2, 21)
+    fast.install()
+    try:
+        plain = flows.sdp_nll(sdp, x_in, mask, w, None, noise)
+        padded, length = graphs.pad_time([x_in, mask, w, noise], graphs.TEXT_BUCKET)
+        ours = flows.sdp_nll(sdp, *padded[:3], None, padded[3])
+    finally:
+        fast.uninstall()
+    assert length == 21 and padded[0].shape[-1] == 32 and torch.equal(padded[1][..., 21:], torch.zeros(3, 1, 11))
+    torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_graph_parts_from_the_environment() -> None:
+    assert graphs.requested_targets("") == graphs.TARGETS  # on by default (CUDA, one process)
+    assert graphs.requested_targets("1") == graphs.TARGETS
+    assert graphs.requested_targets("off") == ()
+    assert graphs.requested_targets("dec, dp") == ("dec", "dp")
+    with pytest.raises(ValueError, match="unknown parts"):
+        graphs.requested_targets("dec,everything")
 
 
 @pytest.mark.parametrize("conditioned", [False, True])
@@ -334,6 +367,189 @@ def test_fast_model_step_gives_piper_s_losses_and_gradients(device: str) -> None
         torch.testing.assert_close(d_ours[name], d_theirs[name], rtol=tolerance, atol=1e-6, msg=name)
 
 
+def test_cuda_parts_wiring_keeps_the_step_on_the_cpu() -> None:
+    """`enable_cuda_parts` with no graphs and no bf16 routes the decoder and both discriminator passes
+    through StepGraphs' eager path: the same losses and gradients; `disable_cuda_parts` takes it out."""
+    from ttsft_daemon.training.fast.model import FastVitsModel, GraphedForward
+
+    batch = _batch(3)
+    fast.install()
+    try:
+        torch.manual_seed(0)
+        model = FastVitsModel(**X_LOW).train()
+        eager, g_eager, d_eager, _ = _step(model, batch)
+        model.enable_cuda_parts((), None)
+        assert isinstance(model.model_g.dec.__dict__["forward"], GraphedForward)
+        ours, g_ours, d_ours, d_from_g = _step(model, batch)
+        model.disable_cuda_parts()
+        assert "forward" not in model.model_g.dec.__dict__ and "ttsft_graphs" not in model.__dict__
+    finally:
+        fast.uninstall()
+    assert not d_from_g
+    np.testing.assert_allclose(ours, eager, rtol=1e-6)
+    for name in g_eager:
+        torch.testing.assert_close(g_ours[name], g_eager[name], rtol=1e-6, atol=1e-8, msg=name)
+    for name in d_eager:
+        torch.testing.assert_close(d_ours[name], d_eager[name], rtol=1e-6, atol=1e-8, msg=name)
+
+
+def test_padded_batch_gives_the_same_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the variable-length parts are graphed, the batch is padded to a multiple of 16 phonemes and 32
+    frames (`bucketed`): outside every mask, so the step's losses and gradients are the unpadded step's
+    (checked on the CPU, where the parts run eagerly, with the random draws whose shape the padding changes
+    made zero: dropout off, the posterior's and the duration predictor's noise zero)."""
+    from ttsft_daemon.training.fast.model import FastVitsModel
+
+    _zero_noise(monkeypatch)
+    batch = _batch(2)
+    fast.install()
+    try:
+        torch.manual_seed(0)
+        model = FastVitsModel(**X_LOW).train()
+        _no_dropout(model)
+        plain, g_plain, d_plain, _ = _step(model, batch)
+        model.enable_cuda_parts(graphs.TARGETS, None)
+        padded = model_module().bucketed(batch)
+        assert padded.phoneme_ids.shape[1] == 16 and padded.spectrograms.shape[2] == 32
+        ours, g_ours, d_ours, _ = _step(model, batch)  # bucketed inside, parts eager on the CPU
+        model.disable_cuda_parts()
+    finally:
+        fast.uninstall()
+    np.testing.assert_allclose(ours, plain, rtol=1e-5)
+    for name in g_plain:
+        torch.testing.assert_close(g_ours[name], g_plain[name], rtol=1e-4, atol=1e-6, msg=name)
+    for name in d_plain:
+        torch.testing.assert_close(d_ours[name], d_plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def model_module() -> Any:
+    from ttsft_daemon.training.fast import model
+
+    return model
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the GPU bench host runs it)")
+
+
+@CUDA
+def test_graphed_call_replays_the_function_and_its_gradients() -> None:
+    """A GraphedCall on new inputs gives the eager values and gradients (inputs' and parameters')."""
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Conv1d(4, 8, 3, padding=1), torch.nn.Tanh(),
+                                torch.nn.Conv1d(8, 2, 3, padding=1)).cuda()
+    params = list(layer.parameters())
+
+    def fn(x: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        hidden = layer(x)
+        return hidden * scale, [hidden.sum(1), scale * 2]
+
+    x0 = torch.randn(3, 4, 16, device="cuda", requires_grad=True)
+    call = graphs.GraphedCall(fn, (x0, torch.ones(3, 1, 1, device="cuda")), layer, None)
+    for seed in range(3):
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        x = torch.randn(3, 4, 16, device="cuda", generator=gen, requires_grad=True)
+        scale = torch.rand(3, 1, 1, device="cuda", generator=gen)
+        weight = torch.randn(3, 2, 16, device="cuda", generator=gen)
+        grads = []
+        for run in (fn, call):
+            layer.zero_grad(set_to_none=True)
+            out, (summed, doubled) = run(x, scale)
+            ((out * weight).sum() + summed.pow(2).sum()).backward()
+            grads.append((out.detach().clone(), summed.detach().clone(), doubled.clone(), x.grad.clone(),
+                          [p.grad.clone() for p in params]))
+            x.grad = None
+        (o1, s1, d1, gx1, gp1), (o2, s2, d2, gx2, gp2) = grads
+        for a, b in [(o1, o2), (s1, s2), (d1, d2), (gx1, gx2), *zip(gp1, gp2, strict=True)]:
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def _no_dropout(model: Any) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def _zero_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The posterior's and the duration predictor's noise made zero: their shapes change with the padding."""
+    monkeypatch.setattr(torch, "randn_like", lambda t, **kw: torch.zeros_like(t, **kw))
+    monkeypatch.setattr(torch, "randn", lambda *size, **kw: torch.zeros(*size, **kw))
+
+
+@CUDA
+def test_graphed_step_gives_the_eager_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The graphed parts (both discriminator passes, decoder, duration predictor, text and posterior
+    encoders, flows) over several steps and lengths, captured after an eager step and between replays: the
+    eager step's losses and gradients (dropout off and the noise zero: a graph's draws differ)."""
+    from ttsft_daemon.training.fast.model import FastVitsModel
+
+    _zero_noise(monkeypatch)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    fast.install()
+    try:
+        torch.manual_seed(0)
+        model = FastVitsModel(**X_LOW).train().cuda()
+        _no_dropout(model)
+        _step(model, _cuda_batch(3))  # an eager step first: its gradient accumulators stay around
+        model.enable_cuda_parts(graphs.TARGETS, None)
+        state = model.__dict__["ttsft_graphs"]
+        for seed in (0, 1, 0, 2, 5):
+            batch = _cuda_batch(seed)
+            ours, g_ours, d_ours, _ = _step(model, batch)
+            with graphs.no_graphs(model):
+                eager, g_eager, d_eager, _ = _step(model, batch)
+            np.testing.assert_allclose(ours, eager, rtol=1e-4)
+            for name in g_eager:
+                torch.testing.assert_close(g_ours[name], g_eager[name], rtol=1e-3, atol=1e-5, msg=name)
+            for name in d_eager:
+                torch.testing.assert_close(d_ours[name], d_eager[name], rtol=1e-3, atol=1e-5, msg=name)
+        assert not state.failed, state.failed
+        assert state.captured["disc_train"] == 1 and state.captured["dec"] == 1
+        assert state.captured["dp"] == 2 and state.captured["enc_p"] == 2 and state.captured["enc_q"] == 2
+    finally:
+        fast.uninstall()
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+
+@CUDA
+def test_bf16_parts_stay_close_to_float32() -> None:
+    """bf16 decoder and discriminators (graphed), after an eager float32 step: losses within 10 % of the
+    float32 step's (a random tiny model's first step: a sanity bound; the bench holds the loss curve to
+    plain piper's spread), gradients finite."""
+    from ttsft_daemon.training.fast.model import FastVitsModel
+
+    fast.install()
+    try:
+        torch.manual_seed(0)
+        model = FastVitsModel(**X_LOW).train().cuda()
+        _no_dropout(model)
+        batch = _cuda_batch(1)
+        eager, _, _, _ = _step(model, batch)
+        model.enable_cuda_parts(graphs.TARGETS, torch.bfloat16)
+        ours, g_ours, d_ours, _ = _step(model, batch)
+        assert not model.__dict__["ttsft_graphs"].failed
+    finally:
+        fast.uninstall()
+    np.testing.assert_allclose(ours, eager, rtol=0.1)  # on the H200: loss_g 132.4 against 139.9 (5.4 %)
+    assert all(torch.isfinite(g).all() for g in [*g_ours.values(), *d_ours.values()])
+
+
+def _cuda_batch(seed: int) -> Batch:
+    """Like `_batch`, with the text and spectrogram lengths varying by seed (other graph buckets), on CUDA."""
+    gen = torch.Generator().manual_seed(seed)
+    longest_frames = 30 + 10 * (seed % 2)  # 32 or 64 frames once padded
+    frames = torch.tensor([longest_frames, 26, 21])
+    longest = 11 + 7 * (seed % 3)  # 16 or 32 phonemes once padded
+    phonemes = torch.tensor([longest, 9, 7])
+    t = longest_frames
+    spec = torch.rand(3, 513, t, generator=gen) * (torch.arange(t) < frames[:, None, None])
+    audio = (torch.rand(3, 1, t * 256, generator=gen) - 0.5) * (torch.arange(t * 256) < frames[:, None, None] * 256)
+    ids = torch.randint(1, 40, (3, longest), generator=gen) * (torch.arange(longest) < phonemes[:, None])
+    return Batch(phoneme_ids=ids.cuda(), phoneme_lengths=phonemes.cuda(), spectrograms=spec.cuda(),
+                 spectrogram_lengths=frames.cuda(), audios=audio.cuda(), audio_lengths=(frames * 256).cuda())
+
+
 # ------------------------------------------------------------------------------------------- checkpoints, launcher
 
 
@@ -346,6 +562,23 @@ def test_host_snapshot_owns_its_tensors() -> None:
     assert torch.equal(snapshot["loops"][1][0], torch.arange(6.0)) and snapshot["epoch"] == 3
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_snapshot_is_taken_when_asked_and_given_on_the_host(device: str) -> None:
+    """`snapshot` copies now (on CUDA: a clone on the device) and gives host tensors later (the writer's
+    thread), unaffected by the optimizer's later in-place steps."""
+    weights = torch.arange(6.0, device=device)
+    checkpoint = {"state_dict": {"w": weights}, "loops": [1, (weights, "x")], "epoch": 3}
+    taken = fast_checkpoint.snapshot(checkpoint)
+    weights += 100
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(taken()))
+    thread.start()
+    thread.join()
+    host = result[0]
+    assert host["state_dict"]["w"].device.type == "cpu" and torch.equal(host["state_dict"]["w"], torch.arange(6.0))
+    assert torch.equal(host["loops"][1][0], torch.arange(6.0)) and host["epoch"] == 3
+
+
 def test_checkpoint_throttle_keeps_saving_under_its_share() -> None:
     now = [0.0]
     throttle = fast_checkpoint.CheckpointThrottle(0.05, clock=lambda: now[0])
@@ -356,7 +589,21 @@ def test_checkpoint_throttle_keeps_saving_under_its_share() -> None:
     assert throttle.should_save(final=True)
     now[0] = 10.5
     assert throttle.should_save(final=False)
+    throttle.saved(0.1)
+    throttle.add_cost(0.9)  # its background write: 1 s in all, so the next after 20 s
+    now[0] = 30.0
+    assert not throttle.should_save(final=False)
+    now[0] = 30.6
+    assert throttle.should_save(final=False)
     assert fast_checkpoint.CheckpointThrottle(0.0).should_save(final=False)
+
+
+def test_a_due_checkpoint_waits_for_the_running_write() -> None:
+    supervisor = launcher.TtsftSupervisor(every_n_epochs=1)
+    supervisor.throttle = fast_checkpoint.CheckpointThrottle(0.05)
+    assert not supervisor._should_save(3, 10, writing=True)  # skipped: the previous write still runs
+    assert supervisor._should_save(10, 10, writing=True)  # the final one always
+    assert supervisor._should_save(3, 10, writing=False)
 
 
 def test_background_writer_reports_errors_on_wait() -> None:
@@ -374,11 +621,43 @@ def test_background_writer_reports_errors_on_wait() -> None:
         writer.wait()
 
 
+def test_cached_items_load_each_clip_once_up_to_the_budget() -> None:
+    from piper.train.vits.dataset import UtteranceTensors
+
+    loads: list[int] = []
+
+    class Clips(torch.utils.data.Dataset):  # type: ignore[type-arg]
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, index: int) -> Any:
+            loads.append(index)
+            return UtteranceTensors(phoneme_ids=torch.arange(10), audio_norm=torch.zeros(100),
+                                    spectrogram=torch.zeros(5, 10), speaker_id=None, text=None)
+
+    item_bytes = 10 * 8 + 100 * 4 + 50 * 4
+    cached = launcher.CachedItems(Clips(), max_bytes=2 * item_bytes)
+    first = [cached[i] for i in range(4)]
+    again = [cached[i] for i in range(4)]
+    assert len(cached) == 4 and loads == [0, 1, 2, 3, 2, 3]  # two fit the budget
+    assert again[0] is first[0] and again[1] is first[1] and torch.equal(again[3].spectrogram, first[3].spectrogram)
+
+
 def test_fast_flag_parsing() -> None:
     assert launcher.fast_requested(["--data.x", "1", "--ttsft.fast", "true"])
     assert launcher.fast_requested(["--ttsft.fast=True"])
     assert not launcher.fast_requested(["--ttsft.fast", "false"])
     assert not launcher.fast_requested([])
+
+
+def test_precision_auto_resolves_to_float32_with_the_fast_bf16_parts() -> None:
+    args = ["fit", "--trainer.precision", "auto", "--ttsft.fast", "true"]
+    assert launcher.resolve_precision(args, fast=True) == (["fit", "--trainer.precision", "32-true", "--ttsft.fast",
+                                                            "true"], True)
+    assert launcher.resolve_precision(["--trainer.precision=auto"], fast=False) == (
+        ["--trainer.precision=32-true"], False)  # piper's own code: float32
+    assert launcher.resolve_precision(["--trainer.precision", "bf16-mixed"], fast=True) == (
+        ["--trainer.precision", "bf16-mixed"], False)  # an explicit Lightning precision passes through
 
 
 def test_supervisor_steps_the_learning_rate_schedulers(tmp_path: Any) -> None:

@@ -220,6 +220,10 @@ class DatasetConfig:
     speaker: str | None = _f(None, "speaker column (default: the voice name)")
 
 
+TRAINING_PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "32", "16",
+                       "bf16", "64")
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     enabled: bool = _f(True, "train automatically when the threshold is met")
@@ -250,11 +254,16 @@ class TrainingConfig:
                           choices=["auto", "nccl", "gloo"])
     ddp_timeout_minutes: float = _f(60.0, "DDP: how long a rank waits for the others at a barrier or gradient "
                                     "exchange (rank 0 prepares the data cache while the others wait)", min=1.0)
-    precision: str = _f("32-true", "Lightning precision")
+    precision: str = _f(
+        "auto", "auto: with training.fast on a CUDA GPU, the decoder and discriminators train in bfloat16 "
+        "autocast (the rest, the losses and the optimizers in float32; bench/RESULTS.md section 4), float32 "
+        "elsewhere; or a Lightning precision for the whole model (32-true, bf16-mixed, 16-mixed, ...)",
+        choices=list(TRAINING_PRECISIONS))
     espeak_voice: str = _f("en-us", "espeak-ng voice of the phonemizer")
     num_workers: int = _f(1, "data loader workers", min=0)
-    fast: bool = _f(True, "the project's faster training pieces (GPU alignment search, no host syncs, fused "
-                    "optimizers, background checkpoints); false runs piper.train's own code")
+    fast: bool = _f(True, "the project's faster training pieces (GPU alignment search, no host syncs, the "
+                    "step's parts as CUDA graphs, fused optimizers, background checkpoints); false runs "
+                    "piper.train's own code")
     test_sentences: list[str] = _f(
         [
             "The quick brown fox jumps over the lazy dog.",

@@ -11,9 +11,13 @@ piper's original on random inputs.
     flows        Flip's zeros and the duration predictor's noise without host-device copies
     losses       no .item() in the discriminator loss, no range check in the mel features
     batch        batches in pinned memory
-    model        FastVitsModel: no discriminator grads in the generator step, one real-audio
-                 discriminator pass, fused AdamW on CUDA
-    checkpoint   background checkpoint writes and a wall-time share for saving (CUDA only)
+    model        FastVitsModel: no discriminator grads in the generator step, the discriminator step's
+                 real and generated audio in one pass, fused AdamW on CUDA, Lightning logging thinned;
+                 on CUDA the graphed parts and the bf16 decoder and discriminators (precision auto)
+    graphs       CUDA graphs of the step's parts (discriminator passes, decoder, duration predictor,
+                 text and posterior encoders, flows), the batch padded to a few lengths (CUDA only)
+    checkpoint   background checkpoint writes from a device-side snapshot, at a bounded share of the
+                 wall time (CUDA only)
     wn           the WaveNet stacks' gate without a host tensor per call (exact; lets them compile)
     compiled     torch.compile of the hot modules on CUDA (off by default: did not pay; TTSFT_FAST_COMPILE)
 """

@@ -38,6 +38,10 @@ def sdp_forward(self: Any, x: torch.Tensor, x_mask: torch.Tensor, w: torch.Tenso
         assert _original_sdp_forward is not None
         return _original_sdp_forward(self, x, x_mask, w=w, g=g, reverse=reverse, noise_scale=noise_scale)
     assert w is not None
+    graphs = self.__dict__.get("ttsft_graphs")  # fast/graphs.py (CUDA): the padded, graphed branch
+    if graphs is not None and g is None and x.is_cuda and self.training and torch.is_grad_enabled() \
+            and graphs.wants("dp"):
+        return graphed_nll(self, graphs, x, x_mask, w)
     nll = getattr(self, "ttsft_nll", None)  # the compiled version where `compiled.compile_hot_modules` set one
     if nll is None or not (self.training and torch.is_grad_enabled()):
         eager: torch.Tensor = sdp_nll(self, x, x_mask, w, g, None)
@@ -47,6 +51,22 @@ def sdp_forward(self: Any, x: torch.Tensor, x_mask: torch.Tensor, w: torch.Tenso
     noise = to_device_async(torch.randn(w.size(0), 2, w.size(2)), x.device)
     compiled: torch.Tensor = nll(x, x_mask, w, g, noise)
     return compiled
+
+
+def graphed_nll(self: Any, graphs: Any, x: torch.Tensor, x_mask: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """`sdp_nll` with the text axis zero-padded to a multiple of graphs.TEXT_BUCKET (masked: the same nll),
+    through the step's graph of that length. The noise is drawn by the CPU generator as piper draws it, for
+    the text length given (the batch's, once `model.bucketed` has padded it)."""
+    from ttsft_daemon.training.fast.graphs import TEXT_BUCKET, pad_time
+
+    noise = to_device_async(torch.randn(w.size(0), 2, w.size(2)), x.device)
+    padded, _ = pad_time([torch.detach(x), x_mask, w, noise], TEXT_BUCKET)
+
+    def nll(x: torch.Tensor, x_mask: torch.Tensor, w: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return sdp_nll(self, x, x_mask, w, None, noise)
+
+    result: torch.Tensor = graphs.run("dp", nll, padded, self, mixed=False)
+    return result
 
 
 def sdp_nll(self: Any, x: torch.Tensor, x_mask: torch.Tensor, w: torch.Tensor, g: torch.Tensor | None,
