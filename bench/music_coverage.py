@@ -2,8 +2,11 @@
 """How much of a speaker's speech reaches the dataset as the music under it gets louder (issue 14's curve).
 
 One "podcast" of real human speech (Allison Smith's prompts, tests/realspeech.py) is
-mixed with the demo's music bed at each --levels dB below the speech (and once without music), and each mix runs
-through `ttsft-daemon run --exit-when-idle` (Spleeter, Whisper and the quality gate: all real, default settings).
+mixed with music at each --levels dB below the speech (speech RMS over music RMS; once without music), and each
+mix runs through `ttsft-daemon run --exit-when-idle` (Spleeter, Whisper and the quality gate: all real, default
+settings unless --set changes them). --music real (default): real game music from Debian packages
+(bench/music_set.py, sources in bench/MUSIC_SOURCES.md); --music synthetic: the demo's music bed (tonal pads and
+a beat), the first baseline.
 Per level it reports:
 
 - coverage: the spoken seconds that accepted clips cover / all spoken seconds;
@@ -11,10 +14,12 @@ Per level it reports:
   each utterance is what the daemon's Whisper model hears in it alone, without music; a clip is compared with
   the references of the utterances it holds most of (numbers compared as words, `normalize_for_wer`). 0 means
   music and separation cost nothing, whatever Whisper's own error on the clean speech is;
-- the mean DNSMOS of accepted clips and the reject reasons.
+- the mean DNSMOS of accepted clips, the reject reasons (clips, and the spoken seconds they held), and the
+  signals of the clips the music rules rejected.
 
-    .venv/bin/python bench/music_coverage.py [--utterances 60] [--levels 20 12 6 0]
-Writes bench/results/music_coverage.json and bench/results/music_coverage.svg.
+    .venv/bin/python bench/music_coverage.py [--music real|synthetic] [--label NAME] [--set quality.x=1 ...]
+Each run is one curve, stored under its --label (default: the music kind) in bench/results/music_coverage.json;
+bench/results/music_coverage.svg plots every stored curve.
 """
 
 from __future__ import annotations
@@ -58,43 +63,93 @@ def podcast(n: int, seed: int) -> tuple[np.ndarray, list[tuple[float, float, str
     return np.concatenate(parts), spans
 
 
-def run_level(work: Path, name: str, mix: np.ndarray, spans: list[tuple[float, float, str]]) -> dict[str, Any]:
+def run_level(work: Path, name: str, mix: np.ndarray, spans: list[tuple[float, float, str]],
+              overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
     root = work / name
     shutil.rmtree(root, ignore_errors=True)
     (root / "inbox").mkdir(parents=True)
     media = work / f"{name}.mp3"
     write_media(Recording(mix, None, mix, rs.SR, spans, []), media, "mp3")
     shutil.copy(media, root / "inbox" / media.name)
-    cfg = support.write_config(work / f"{name}.yaml", root, {
+    sections: dict[str, dict[str, Any]] = {
         "inbox": {"settle_seconds": 0.2, "rescan_seconds": 0.5}, "training": {"enabled": False},
-        "logging": {"format": "json", "journal": "off"}})
+        "logging": {"format": "json", "journal": "off"}}
+    for section, values in overrides.items():
+        sections.setdefault(section, {}).update(values)
+    cfg = support.write_config(work / f"{name}.yaml", root, sections)
     log = work / f"{name}.log"
     log.unlink(missing_ok=True)
     run = support.run_measured(support.daemon_command(cfg, True), log, timeout=3600)
     if run.rc != 0:
         raise SystemExit(f"daemon failed ({run.rc}); see {log}")
+    return {**summarize(root, spans), "wall_s": run.wall_s}
+
+
+def summarize(root: Path, spans: list[tuple[float, float, str]]) -> dict[str, Any]:
+    """One level's numbers from its state root (after the daemon run, or again later with --rescore)."""
     clips = [json.loads(p.read_text()) for p in sorted((root / "dataset" / "default" / "clips").glob("*.json"))]
     spoken = sum(e - s for s, e, _ in spans)
-    covered, refs, hyps, dnsmos = 0.0, [], [], []
+    covered, refs, hyps, dnsmos, kept_by_parts = 0.0, [], [], [], 0
+    whole_refs, whole_hyps, whole_s = [], [], 0.0
     for c in clips:
         start, end = float(c["start"]), float(c["end"])
-        covered += sum(max(0.0, min(end, e) - max(start, s)) for s, e, _ in spans)
+        covered += _spoken_in(start, end, spans)
         held = [txt for s, e, txt in spans if min(end, e) - max(start, s) > 0.5 * (e - s)]
         if held:
             refs.append(normalize_for_wer(" ".join(held)))
             hyps.append(normalize_for_wer(str(c.get("text", ""))))
-        score = ((c.get("quality_report") or {}).get("details") or {}).get("dnsmos_ovrl")
+        # Whole utterances only: the clip holds every utterance it touches (to WHOLE_SLACK_S) and nothing of
+        # another, so its reference text is exact; clips that cut an utterance are left out of this WER.
+        touched = [(s, e, txt) for s, e, txt in spans if min(end, e) - max(start, s) > 0]
+        if touched and all(start <= s + WHOLE_SLACK_S and end >= e - WHOLE_SLACK_S for s, e, _ in touched):
+            whole_refs.append(normalize_for_wer(" ".join(txt for _, _, txt in touched)))
+            whole_hyps.append(normalize_for_wer(str(c.get("text", ""))))
+            whole_s += _spoken_in(start, end, spans)
+        details = (c.get("quality_report") or {}).get("details") or {}
+        score = details.get("dnsmos_ovrl")
         if isinstance(score, (int, float)):
             dnsmos.append(float(score))
+        kept_by_parts += bool(details.get("dnsmos_verdict"))
     reasons: dict[str, int] = {}
+    lost: dict[str, float] = {}
+    music_rejects: list[dict[str, Any]] = []
     for clip in rejected_clips(root, "default"):  # which signal rejected each clip (several may)
-        for r in clip.reasons:
-            key = r.split(" ")[0].split(":")[0]
+        keys = list(dict.fromkeys(r.split(" ")[0].split(":")[0] for r in clip.reasons))
+        meta = _failed_meta(root, clip.clip)
+        seconds = _spoken_in(float(meta.get("start", 0.0)), float(meta.get("end", 0.0)), spans) if meta else 0.0
+        for key in keys:
             reasons[key] = reasons.get(key, 0) + 1
+            lost[key] = round(lost.get(key, 0.0) + seconds, 1)
+        if meta and any(k in MUSIC_REASONS for k in keys):
+            d = (meta.get("quality_report") or {}).get("details") or {}
+            music_rejects.append({"clip": clip.clip, "reasons": keys, "spoken_s": round(seconds, 2),
+                                  **{k: d.get(k) for k in MUSIC_DETAILS if k in d}})
     return {"coverage": round(covered / spoken, 4), "accepted_clips": len(clips), "accepted_seconds":
             round(covered, 1), "spoken_seconds": round(spoken, 1), "wer": _wer(refs, hyps),
+            "wer_whole": _wer(whole_refs, whole_hyps), "wer_whole_clips": len(whole_refs),
+            "wer_whole_seconds": round(whole_s, 1),
             "dnsmos_accepted_mean": round(float(np.mean(dnsmos)), 3) if dnsmos else None,
-            "rejects": dict(sorted(reasons.items())), "wall_s": run.wall_s}
+            "dnsmos_accepted_p10": round(float(np.percentile(dnsmos, 10)), 3) if dnsmos else None,
+            "accepted_by_music_rule": kept_by_parts,
+            "rejects": dict(sorted(reasons.items())), "rejected_spoken_seconds": dict(sorted(lost.items())),
+            "music_rejects": music_rejects}
+
+
+MUSIC_REASONS = ("dnsmos_low", "music_residue")
+WHOLE_SLACK_S = 0.25
+MUSIC_DETAILS = ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_verdict")
+
+
+def _spoken_in(start: float, end: float, spans: list[tuple[float, float, str]]) -> float:
+    return sum(max(0.0, min(end, e) - max(start, s)) for s, e, _ in spans)
+
+
+def _failed_meta(root: Path, clip_id: str) -> dict[str, Any]:
+    for path in (root / "failed").glob(f"{clip_id}*.json"):
+        if not path.name.endswith(".error.json"):
+            data = json.loads(path.read_text())
+            return data if isinstance(data, dict) else {}
+    return {}
 
 
 def _wer(refs: list[str], hyps: list[str]) -> float | None:
@@ -104,49 +159,142 @@ def _wer(refs: list[str], hyps: list[str]) -> float | None:
     return round(float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])), 4) if pairs else None
 
 
-def clean_references(spans: list[tuple[float, float, str]], speech: np.ndarray) -> list[tuple[float, float, str]]:
-    """Each utterance's reference text: Whisper (the daemon's model and settings) on it alone, without music."""
+def clean_references(spans: list[tuple[float, float, str]], speech: np.ndarray,
+                     cache: Path) -> list[tuple[float, float, str]]:
+    """Each utterance's reference text: Whisper (the daemon's model and settings) on it alone, without music.
+
+    Cached in `cache` (keyed by the spans), so that curves measured one after the other share one reference."""
+    key = json.dumps([[round(s, 3), round(e, 3)] for s, e, _ in spans])
+    if cache.is_file():
+        stored = json.loads(cache.read_text())
+        if stored.get("key") == key:
+            return [(s, e, t) for (s, e, _), t in zip(spans, stored["texts"], strict=True)]
     from ttsft_daemon.config import config_from_dict
     from ttsft_daemon.text.transcription import Transcriber
 
     cfg = config_from_dict({"paths": {"root": str(support.OUT / "music_coverage" / "clean")}})
     whisper = Transcriber(cfg.transcription, cfg.paths.models_dir)
-    return [(s, e, whisper.transcribe_array(speech[int(s * rs.SR): int(e * rs.SR)], rs.SR).text)
-            for s, e, _ in spans]
+    texts = [whisper.transcribe_array(speech[int(s * rs.SR): int(e * rs.SR)], rs.SR).text for s, e, _ in spans]
+    cache.write_text(json.dumps({"key": key, "texts": texts}))
+    return [(s, e, t) for (s, e, _), t in zip(spans, texts, strict=True)]
+
+
+def music_bed(kind: str, speech: np.ndarray, db: float, seed: int) -> np.ndarray:
+    if kind == "synthetic":
+        return rs.over_music(speech, db, seed=seed)
+    import music_set
+
+    if not music_set.available():
+        raise SystemExit("models/music is missing: run .venv/bin/python bench/music_set.py fetch")
+    bed = music_set.bed(len(speech) / rs.SR, rs.SR, seed=seed)
+    bed = bed * (_rms(speech) * 10 ** (-db / 20) / max(_rms(bed), 1e-12))
+    return (speech + bed).astype(np.float32)
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`section.key=value` (value parsed as YAML) into config sections."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        section, _, key = name.partition(".")
+        if not key or not _:
+            raise SystemExit(f"--set wants section.key=value, not {item!r}")
+        out.setdefault(section, {})[key] = yaml.safe_load(value)
+    return out
+
+
+def plot(curves: dict[str, dict[str, Any]]) -> str | None:
+    """Coverage and accepted-clip WER against the music level, one pair of lines per stored curve."""
+    from ttsft_daemon.report import plots
+
+    if not curves:
+        return None
+    plt = plots._pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 6.0), sharex=True)
+    styles = ("-", "--", "-.", ":")
+    markers = ("o", "s", "^", "D")
+    order = [("none", None)] + [(f"{db:g}", f"{db:g} dB") for db in (20, 12, 6, 0)]
+    xs = list(range(len(order)))
+    for i, (label, curve) in enumerate(curves.items()):
+        levels = curve["levels"]
+        pts = [(x, levels.get(key or "no music")) for x, (_, key) in zip(xs, order, strict=True)]
+        pts = [(x, v) for x, v in pts if v is not None]
+        style = dict(linestyle=styles[i % 4], marker=markers[i % 4], markersize=4, label=label)
+        top.plot([x for x, _ in pts], [100 * v["coverage"] for _, v in pts], **style)
+        bottom.plot([x for x, _ in pts], [v["wer"] or 0.0 for _, v in pts], **style)
+    top.axhline(60, color="grey", linewidth=0.6)
+    top.axhline(90, color="grey", linewidth=0.6)
+    top.set_ylabel("coverage (% of spoken s)")
+    top.set_title("Speech kept as the music gets louder")
+    top.legend(frameon=False, fontsize=7)
+    bottom.set_ylabel("accepted-clip WER vs clean")
+    bottom.set_xticks(xs, ["no music"] + [f"{db} dB" for db, _ in order[1:]])
+    bottom.set_xlabel("speech over music")
+    desc = "; ".join(f"{label}: coverage " + ", ".join(f"{k} {100 * v['coverage']:.1f}%" for k, v in
+                                                      c["levels"].items()) for label, c in curves.items())
+    return plots._to_svg(fig, "Speech kept as the music gets louder", desc, "music-coverage")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--utterances", type=int, default=60)
     ap.add_argument("--levels", type=float, nargs="+", default=[20.0, 12.0, 6.0, 0.0])
+    ap.add_argument("--no-clean", action="store_true", help="skip the run without music")
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--music", choices=("real", "synthetic"), default="real")
+    ap.add_argument("--label", help="name of this curve in the results (default: the music kind)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a config value for every run of this curve (repeatable)")
+    ap.add_argument("--plot-only", action="store_true", help="only redraw the plot from the stored curves")
+    ap.add_argument("--rescore", action="store_true",
+                    help="recompute the stored curve --label from its state roots under bench/out (no daemon runs)")
     args = ap.parse_args()
-    if not rs.available():
-        raise SystemExit("models/speech is missing: run scripts/install.sh")
-    work = support.OUT / "music_coverage"
-    work.mkdir(parents=True, exist_ok=True)
-    speech, spans = podcast(args.utterances, args.seed)
-    started = time.time()
-    spans = clean_references(spans, speech)
-    levels: dict[str, dict[str, Any]] = {"no music": run_level(work, "clean", speech, spans)}
-    for db in args.levels:
-        levels[f"{db:g} dB"] = run_level(work, f"music{db:g}", rs.over_music(speech, db, seed=args.seed), spans)
-    result = {"machine": support.machine(), "args": vars(args), "reference": "Whisper on each clean utterance alone",
-              "levels": levels,
-              "load_average": support.load_average(), "wall_s": round(time.time() - started, 1)}
-    support.write_json_atomically(support.RESULTS / "music_coverage.json", result)
-    from ttsft_daemon.report.plots import lines
-
-    music = [(round(float(k.split()[0])), v) for k, v in levels.items() if k != "no music"]
-    svg = lines("music-coverage", "Speech kept as the music gets louder", "speech over music (dB)", "share",
-                {"coverage": [(db, v["coverage"]) for db, v in music],
-                 "accepted-clip WER": [(db, v["wer"] or 0.0) for db, v in music]})
+    label = args.label or args.music
+    out_json = support.RESULTS / "music_coverage.json"
+    stored = json.loads(out_json.read_text()) if out_json.is_file() else {}
+    curves: dict[str, Any] = stored.get("curves") or ({"synthetic": stored} if "levels" in stored else {})
+    if args.rescore:
+        stored_curve = curves[label]
+        n, seed = stored_curve["args"]["utterances"], stored_curve["args"]["seed"]
+        speech, spans = podcast(n, seed)
+        spans = clean_references(spans, speech, support.OUT / f"music_coverage_refs_{n}_{seed}.json")
+        work = support.OUT / (f"music_coverage_{label}" if label != "synthetic" else "music_coverage")
+        for key, level in stored_curve["levels"].items():
+            name = "clean" if key == "no music" else f"music{key.split()[0]}"
+            level.update(summarize(work / name, spans))
+        support.write_json_atomically(out_json, {"curves": curves})
+    elif not args.plot_only:
+        if not rs.available():
+            raise SystemExit("models/speech is missing: run scripts/install.sh")
+        overrides = parse_sets(args.sets)
+        work = support.OUT / f"music_coverage_{label}"
+        work.mkdir(parents=True, exist_ok=True)
+        speech, spans = podcast(args.utterances, args.seed)
+        started = time.time()
+        spans = clean_references(spans, speech, support.OUT / f"music_coverage_refs_{args.utterances}_{args.seed}.json")
+        levels: dict[str, dict[str, Any]] = {}
+        if not args.no_clean:
+            levels["no music"] = run_level(work, "clean", speech, spans, overrides)
+        for db in args.levels:
+            levels[f"{db:g} dB"] = run_level(work, f"music{db:g}", music_bed(args.music, speech, db, args.seed),
+                                             spans, overrides)
+        curves[label] = {"machine": support.machine(), "args": vars(args), "settings": overrides,
+                         "reference": "Whisper on each clean utterance alone", "levels": levels,
+                         "load_average": support.load_average(), "wall_s": round(time.time() - started, 1)}
+        support.write_json_atomically(out_json, {"curves": curves})
+        print(f"{'level':10}{'coverage':>10}{'WER':>8}{'DNSMOS':>8}{'clips':>7}  rejects")
+        for k, v in levels.items():
+            print(f"{k:10}{v['coverage']:10.3f}{(v['wer'] if v['wer'] is not None else float('nan')):8.3f}"
+                  f"{(v['dnsmos_accepted_mean'] or float('nan')):8.2f}{v['accepted_clips']:7d}  {v['rejects']}")
+    svg = plot(curves)
     if svg:
         (support.RESULTS / "music_coverage.svg").write_text(svg)
-    print(f"{'level':10}{'coverage':>10}{'WER':>8}{'DNSMOS':>8}{'clips':>7}  rejects")
-    for k, v in levels.items():
-        print(f"{k:10}{v['coverage']:10.3f}{(v['wer'] if v['wer'] is not None else float('nan')):8.3f}"
-              f"{(v['dnsmos_accepted_mean'] or float('nan')):8.2f}{v['accepted_clips']:7d}  {v['rejects']}")
     return 0
 
 

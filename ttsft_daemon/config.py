@@ -207,6 +207,21 @@ class QualityConfig:
     dnsmos_group_margin: float = _f(0.5, "packed clips are DNSMOS-screened together (whole 9 s windows of their "
                                     "joined audio); a clip whose screen scores under min_dnsmos + this margin is "
                                     "scored alone", min=0.0, max=4.0)
+    dnsmos_music_rule: bool = _f(False, "a clip under min_dnsmos (but not under min_dnsmos_floor) is judged by "
+                                 "DNSMOS's two parts instead: the speech (SIG, min_dnsmos_sig) and the background, "
+                                 "where music left in by separation shows (BAK, min_dnsmos_bak). Keeps more of a "
+                                 "podcast with a loud music bed (real game music 6 dB under the speech: 32 -> 49 % "
+                                 "of the speech) but lets audible music into those clips (accepted DNSMOS 2.79 -> "
+                                 "2.66), so off by default; false: OVRL alone (bench/RESULTS.md section 7)")
+    min_dnsmos_floor: float = _f(2.2, "with dnsmos_music_rule: clips under this DNSMOS overall score are always "
+                                 "rejected", min=1.0, max=5.0)
+    min_dnsmos_sig: float = _f(3.1, "with dnsmos_music_rule: the least DNSMOS speech score (SIG) of a clip under "
+                               "min_dnsmos", min=1.0, max=5.0)
+    min_dnsmos_bak: float = _f(2.3, "with dnsmos_music_rule: the least DNSMOS background score (BAK; low = music "
+                               "or noise left in) of a clip under min_dnsmos", min=1.0, max=5.0)
+    dnsmos_music_min_word_probability: float = _f(0.8, "with dnsmos_music_rule: a clip under min_dnsmos is only kept "
+                                                  "when Whisper's mean word probability is at least this (music "
+                                                  "that masks words shows there)", min=0.0, max=1.0)
     max_phonemes: int = _f(400, "reject transcripts with more phonemes (trainer out-of-memory)", min=10)
     min_quality: float = _f(0.5, "reject below this combined 0-1 quality score", min=0.0, max=1.0)
     min_word_probability: float = _f(0.5, "reject below this mean Whisper word probability", min=0.0, max=1.0)
@@ -521,6 +536,9 @@ def _cross_checks(cfg: Config, errors: list[str]) -> None:
     q = cfg.quality
     if q.min_chars_per_second >= q.max_chars_per_second:
         errors.append("quality.min_chars_per_second: must be below quality.max_chars_per_second")
+    if q.min_dnsmos_floor > q.min_dnsmos:
+        errors.append(f"quality.min_dnsmos_floor: got {q.min_dnsmos_floor}, must be at most quality.min_dnsmos "
+                      f"({q.min_dnsmos})")
     bad_ext = [e for e in cfg.inbox.extensions if e.lower().lstrip(".") not in AUDIO_EXTENSIONS]
     if bad_ext:
         errors.append(f"inbox.extensions: unsupported {bad_ext}, allowed: {', '.join(AUDIO_EXTENSIONS)}")

@@ -28,11 +28,16 @@ Rules (thresholds from `QualityConfig`):
   but not used for this: faster-whisper tiny.en dates the first word at 0.0 s even after 100 ms of
   silence, and its last word end lagged a mid-word cut by up to 100 ms (both measured). Any sound
   cut at an edge counts, a drum hit of leftover music as much as a word: both spoil a training clip.
-- ``dnsmos_low``: DNSMOS overall (OVRL, P.835) below ``min_dnsmos``. Skipped, with a warning in the log
-  and ``details["dnsmos_status"]``, when DNSMOS is off or its model cannot run. Clips of one packed pass are
-  screened together, in whole DNSMOS windows over their joined audio (`score_groups`); a clip whose screen
-  score is below ``min_dnsmos + dnsmos_group_margin`` is scored alone (``details["dnsmos_group"]`` keeps the
-  screen's score).
+- ``dnsmos_low`` / ``music_residue``: DNSMOS overall (OVRL, P.835) below ``min_dnsmos``. With
+  ``dnsmos_music_rule`` (off by default) a clip under ``min_dnsmos`` but at least ``min_dnsmos_floor`` is judged by
+  OVRL's two parts instead: ``dnsmos_low`` when the speech itself (SIG) is under ``min_dnsmos_sig``,
+  ``music_residue`` when the background (BAK: the music separation left in) is under ``min_dnsmos_bak``; kept
+  when both pass and Whisper's mean word probability is at least ``dnsmos_music_min_word_probability``
+  (`dnsmos_decision`; ``details["dnsmos_verdict"]`` names each signal, its threshold and by how much it missed
+  or passed). Skipped, with a warning in the log and ``details["dnsmos_status"]``, when DNSMOS is off or its
+  model cannot run. Clips of one packed pass are screened together, in whole DNSMOS windows over their joined audio
+  (`score_groups`); a clip whose screen score is below ``min_dnsmos + dnsmos_group_margin`` is scored alone
+  (``details["dnsmos_group"]`` keeps the screen's score).
 - ``too_many_phonemes``: more espeak-ng phonemes than ``max_phonemes``, counted with Piper's own
   phonemizer exactly as the trainer does (punctuation and word spaces included).
 - ``low_quality_score``: the score below is under ``min_quality``.
@@ -486,7 +491,10 @@ class QualityGate:
         if not math.isfinite(scores["ovrl"]):
             details["dnsmos_status"] = "failed: not a number"
             return []
-        return ["dnsmos_low"] if scores["ovrl"] < self.cfg.min_dnsmos else []
+        reasons, verdict = dnsmos_decision(scores, self.cfg, details.get("mean_word_probability"))
+        if verdict:
+            details["dnsmos_verdict"] = verdict
+        return reasons
 
     def _phoneme_rule(self, tts_text: str, details: dict[str, Any]) -> list[str]:
         details["phonemes_status"] = self.phonemes.status
@@ -517,6 +525,41 @@ class QualityGate:
         details.update(confidence=round(confidence, 4), audio_quality=_maybe_round(audio_quality),
                        penalties={k: round(p, 4) for k, p in penalties.items()})
         return round(min(max(float(score), 0.0), 1.0), 4)
+
+
+def dnsmos_decision(scores: dict[str, float], cfg: QualityConfig,
+                    mean_word_probability: float | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+    """The DNSMOS rules on one clip's own scores: (reason codes, what decided and by how much).
+
+    A clip at or above ``min_dnsmos`` (OVRL) passes. Below it, without ``dnsmos_music_rule``, it is
+    ``dnsmos_low``. With the rule, OVRL is taken apart into the two things it mixes: SIG, the speech itself, and
+    BAK, the background, where music that separation left in shows. A clip at least ``min_dnsmos_floor`` whose
+    speech is intact (SIG >= ``min_dnsmos_sig``) and whose background is quiet enough (BAK >=
+    ``min_dnsmos_bak``) is kept, if Whisper was sure of its words (`mean_word_probability` at least
+    ``dnsmos_music_min_word_probability``: music that masks words shows there); otherwise ``dnsmos_low`` (OVRL
+    under the floor, SIG or the word probability short) and/or ``music_residue`` (BAK short). Each entry of the
+    verdict names the signal, its value, the threshold and the shortfall (``short_by`` > 0 rejected; <= 0 the
+    margin by which it passed).
+    """
+    ovrl, sig, bak = float(scores["ovrl"]), float(scores.get("sig", math.nan)), float(scores.get("bak", math.nan))
+    if ovrl >= cfg.min_dnsmos:
+        return [], []
+
+    def entry(rule: str, signal: str, value: float, threshold: float) -> dict[str, Any]:
+        return {"rule": rule, "signal": signal, "value": round(value, 3), "threshold": threshold,
+                "short_by": round(threshold - value, 3)}
+
+    if not cfg.dnsmos_music_rule or not (math.isfinite(sig) and math.isfinite(bak)):
+        return ["dnsmos_low"], [entry("dnsmos_low", "dnsmos_ovrl", ovrl, cfg.min_dnsmos)]
+    if ovrl < cfg.min_dnsmos_floor:
+        return ["dnsmos_low"], [entry("dnsmos_low", "dnsmos_ovrl", ovrl, cfg.min_dnsmos_floor)]
+    verdict = [entry("dnsmos_low", "dnsmos_sig", sig, cfg.min_dnsmos_sig),
+               entry("music_residue", "dnsmos_bak", bak, cfg.min_dnsmos_bak)]
+    if mean_word_probability is not None:
+        verdict.append(entry("dnsmos_low", "mean_word_probability", float(mean_word_probability),
+                             cfg.dnsmos_music_min_word_probability))
+    reasons = list(dict.fromkeys(v["rule"] for v in verdict if v["short_by"] > 0))
+    return reasons, verdict
 
 
 def _maybe_round(value: float | None, places: int = 4) -> float | None:
