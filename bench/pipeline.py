@@ -124,7 +124,8 @@ def run_daemon(files: list[Path], work: Path, timeout: float, extra: dict[str, d
             "load_after": support.load_average(),
             "stages": {name: st.to_dict(started) for name, st in stages.items()},
             "ready_s": _ready_times(events, started),
-            "dataset": {**_dataset_summary(root, events), "wer": dataset_wer(root, files)},
+            "dataset": {**_dataset_summary(root, events), "wer": dataset_wer(root, files),
+                        **transcribe_counts(root)},
             "memory": sampler.summary()}
 
 
@@ -148,6 +149,22 @@ def dataset_wer(root: Path, files: list[Path]) -> float | None:
         refs.append(normalize_for_wer(ref) or "-")
         hyps.append(normalize_for_wer(str(meta.get("raw_text", meta.get("text", "")))))
     return round(float(jiwer.wer(refs, hyps)), 4) if refs else None
+
+
+def transcribe_counts(root: Path) -> dict[str, int]:
+    """How the transcribe stage handled the clips: Whisper in a packed pass, in the second pass of a pass's
+    doubtful clips, or alone; DNSMOS from the pass's screen or scored alone."""
+    counts = {"packed": 0, "second_pass": 0, "alone": 0, "dnsmos_screened": 0, "dnsmos_alone": 0}
+    for meta_path in root.glob("dataset/*/clips/*.json"):
+        details = json.loads(meta_path.read_text()).get("quality_report", {}).get("details", {})
+        how = str(details.get("transcribed", "alone"))
+        key = "second_pass" if how.startswith("packed, second pass") else how.split(":")[0]
+        counts[key] = counts.get(key, 0) + 1
+        if "dnsmos_seconds" in details:
+            counts["dnsmos_alone"] += 1
+        elif "dnsmos_group" in details:
+            counts["dnsmos_screened"] += 1
+    return counts
 
 
 def _ready_times(events: list[dict[str, Any]], started: float) -> dict[str, float]:

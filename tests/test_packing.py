@@ -6,11 +6,23 @@ import itertools
 import threading
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ttsft_daemon.text.packing import GAP_SECONDS, PackedResults, Span, layout, plan_windows, split_words
+from ttsft_daemon.config import TranscriptionConfig
+from ttsft_daemon.text.packing import (
+    GAP_SECONDS,
+    RETRY_GAP_SECONDS,
+    ClipWords,
+    PackedResults,
+    Span,
+    layout,
+    plan_windows,
+    split_words,
+)
+from ttsft_daemon.text.transcription import Transcriber, Transcript
 
 
 @given(st.lists(st.floats(min_value=0.3, max_value=40.0), max_size=60), st.floats(min_value=1.0, max_value=30.0))
@@ -100,3 +112,68 @@ def test_a_word_reaching_over_a_gap_puts_the_next_clip_in_doubt_too() -> None:
     a, b = split_words(spans, [[_w(" before", 2.0, 2.6), _w(" you", 2.7, 3.7), _w(" leave.", second + 0.1,
                                                                                   second + 0.5)]], 0.5)
     assert "reaches over a gap" in a.doubtful and "reaches over a gap" in b.doubtful
+
+
+def test_a_first_word_dated_a_second_early_is_doubted_at_the_normal_gap_and_trusted_at_the_retry_gap() -> None:
+    def shares(gap: float) -> list[ClipWords]:
+        spans = layout([2.0, 2.0], gap)
+        second = spans[1].start
+        words = [[_w(" end.", 1.2, 1.9)], [_w(" The", second - 0.9, second + 0.15), _w(" rest.", second + 0.3,
+                                                                                       second + 1.0)]]
+        return split_words(spans, words, 0.5, gap)
+
+    a, b = shares(GAP_SECONDS)
+    assert "'The'" in a.doubtful and "'The'" in b.doubtful
+    a, b = shares(RETRY_GAP_SECONDS)
+    assert not a.doubtful and not b.doubtful
+    assert [w["word"] for w in b.words] == [" The", " rest."] and b.words[0]["start"] == 0.0
+
+
+class ScriptedTranscriber(Transcriber):
+    """The packing logic of Transcriber over a scripted decoder: Whisper dates the first word of every clip but
+    the first 0.9 s early, as it was seen to do; each call's gap is recorded."""
+
+    def __init__(self) -> None:  # no model: _decode is scripted
+        self.cfg = TranscriptionConfig()
+        self.gaps: list[float] = []
+
+    def _decode(self, audio: np.ndarray) -> tuple[list[dict[str, Any]], str, float]:
+        loud = np.flatnonzero(np.abs(audio) > 0)
+        edges = np.flatnonzero(np.diff(loud) > 1)
+        starts = [loud[0], *loud[edges + 1]]
+        ends = [*loud[edges], loud[-1]]
+        self.gaps.append((starts[1] - ends[0]) / 16000 if len(starts) > 1 else 0.0)
+        segments = []
+        for k, (a, b) in enumerate(zip(starts, ends, strict=True)):
+            t0, t1 = a / 16000, b / 16000
+            early = 0.9 if k else 0.0
+            words = [_w(f" w{k}a", t0 - early, t0 + 0.3), _w(f" w{k}b.", t0 + 0.4, t1 - 0.05)]
+            segments.append({"start": t0, "end": t1, "text": "".join(w["word"] for w in words),
+                             "avg_logprob": -0.2, "no_speech_prob": 0.01, "compression_ratio": 1.0,
+                             "words": words})
+        return segments, "en", 1.0
+
+
+def test_doubtful_clips_of_a_pass_are_packed_again_with_wider_gaps_instead_of_one_pass_each() -> None:
+    transcriber = ScriptedTranscriber()
+    clips = [np.full(2 * 16000, 0.1, dtype=np.float32) for _ in range(4)]
+    results = transcriber.transcribe_packed(clips, 0.5)
+    assert transcriber.gaps == pytest.approx([GAP_SECONDS, RETRY_GAP_SECONDS], abs=1e-3)  # two passes, not 1 + 4
+    assert all(isinstance(r, Transcript) for r in results)
+    texts = [r.text for r in results if isinstance(r, Transcript)]
+    assert texts == ["w0a w0b.", "w1a w1b.", "w2a w2b.", "w3a w3b."]
+    seconds = [r.second_pass for r in results if isinstance(r, Transcript)]
+    assert all("gap" in s for s in seconds)  # all four were doubted by the first pass, for a word near a gap
+
+
+class FirstClipHeard(ScriptedTranscriber):
+    def _decode(self, audio: np.ndarray) -> tuple[list[dict[str, Any]], str, float]:
+        return super()._decode(audio[: 2 * 16000])
+
+
+def test_a_single_doubtful_clip_goes_alone() -> None:
+    transcriber = FirstClipHeard()
+    clips = [np.full(2 * 16000, 0.1, dtype=np.float32) for _ in range(2)]
+    results = transcriber.transcribe_packed(clips, 0.5)
+    assert isinstance(results[0], Transcript) and results[1] == "no word in the packed pass"
+    assert len(transcriber.gaps) == 1

@@ -65,7 +65,8 @@ class TranscribeStage(SpoolStage):
         samples, sr = read_mono(item.payload)
         packed = self._packed(item, meta, ctx) if self.config.transcription.pack_seconds > 0 else None
         if packed is not None and packed.transcript is not None:
-            how = "packed"
+            second = packed.transcript.second_pass
+            how = f"packed, second pass: {second}" if second else "packed"
         else:
             how = "alone" if packed is None else f"alone: {packed.why_alone}"
         transcript, report = self._worker.judge(samples, sr, packed.transcript if packed else None,
@@ -93,7 +94,7 @@ class TranscribeStage(SpoolStage):
 
         return Result([Output(self.target, cid, tmp, "wav", out_meta)], update,
                       log={"decision": out_meta["decision"], "quality": out_meta["quality"],
-                           "reasons": ",".join(report.reasons), "packed": how == "packed"})
+                           "reasons": ",".join(report.reasons), "packed": how.startswith("packed")})
 
     # ---- packing
 

@@ -5,10 +5,13 @@ much as a full window (measured in `bench/results/transcribe_cost.json`: one Whi
 CPU of the same clips packed into 28 s windows). So the transcribe stage joins neighbouring clips of a recording
 with short silent gaps, transcribes the window once, and gives each word back to the clip its time falls in.
 
-A clip whose share of the window is doubtful is not given a packed transcript (`None`): it is transcribed on
-its own, exactly as without packing. Doubtful means: Whisper gave it no word (it may have skipped it, or heard
-no speech there, which the clip's own no-speech probability must then decide), a word of it lies in a gap or
-across one, or its words are unsure (mean probability under the gate's `min_word_probability`).
+A clip whose share of the window is doubtful is not given a packed transcript at first. When a pass leaves two
+or more clips doubtful, those are packed again in a second pass with wider gaps (RETRY_GAP_SECONDS): most doubts
+come from Whisper dating a first word early, into the gap before its clip, which a wider gap absorbs. A clip still
+doubtful then is transcribed on its own, exactly as without packing (measured on the pipeline bench's 246 clips:
+25 transcribed alone before the second pass, 5 after it). Doubtful means: Whisper gave it no word (it may have
+skipped it, or heard no speech there, which the clip's own no-speech probability must then decide), a word of it
+lies in a gap or across one, or its words are unsure (mean probability under the gate's `min_word_probability`).
 
 `PackedResults` keeps the per-clip results of the windows transcribed by this process, shared by its transcribe
 workers. It is only a cache: after a restart a clip is packed again with those of its neighbours still waiting.
@@ -31,6 +34,19 @@ GAP_SECONDS = 0.8
 # then at least GAP_SECONDS - 0.25 = 0.55 s away), and may reach into the gap by up to three quarters of it.
 WORD_SLACK_SECONDS = 0.25
 OVERHANG_SECONDS = GAP_SECONDS * 0.75
+# The second pass of a pass's doubtful clips: gaps wide enough for a word dated a second early to stay its clip's.
+RETRY_GAP_SECONDS = 2.0
+
+
+def word_slack(gap: float) -> float:
+    """How far a word's middle may lie outside its clip with gaps of `gap` seconds (WORD_SLACK_SECONDS at the
+    default gap, in proportion at others)."""
+    return WORD_SLACK_SECONDS * gap / GAP_SECONDS
+
+
+def overhang(gap: float) -> float:
+    """How far a word may reach into the gap beside its clip."""
+    return OVERHANG_SECONDS * gap / GAP_SECONDS
 
 
 def plan_windows(durations: Sequence[float], max_seconds: float, gap: float) -> list[list[int]]:
@@ -86,9 +102,11 @@ class ClipWords:
 
 
 def split_words(spans: Sequence[Span], segments: Sequence[Sequence[dict[str, Any]]],
-                min_word_probability: float) -> list[ClipWords]:
-    """Give each word of a packed pass (segments of words with packed times) to the clip its middle falls in."""
+                min_word_probability: float, gap: float = GAP_SECONDS) -> list[ClipWords]:
+    """Give each word of a packed pass (segments of words with packed times, clips `gap` seconds apart) to the
+    clip its middle falls in."""
     clips = [ClipWords() for _ in spans]
+    slack, reach = word_slack(gap), overhang(gap)
 
     def doubt(i: int, why: str) -> None:
         if 0 <= i < len(clips) and not clips[i].doubtful:
@@ -103,14 +121,14 @@ def split_words(spans: Sequence[Span], segments: Sequence[Sequence[dict[str, Any
             # Whisper's times drift: around a gap where a word went astray, neither side's words can be trusted
             # (a word that reached over a gap was seen pushing the next word into the clip after it).
             name = repr(str(w["word"]).strip())
-            if _distance(span, mid) > WORD_SLACK_SECONDS:
+            if _distance(span, mid) > slack:
                 other = i + 1 if mid > span.end else i - 1
                 for k in (i, other):
                     doubt(k, f"word {name} at {mid:.2f} s lies in a gap")
-            if start < span.start - OVERHANG_SECONDS:
+            if start < span.start - reach:
                 for k in (i, i - 1):
                     doubt(k, f"word {name} reaches over a gap")
-            if end > span.end + OVERHANG_SECONDS:
+            if end > span.end + reach:
                 for k in (i, i + 1):
                     doubt(k, f"word {name} reaches over a gap")
             clip.segments.setdefault(si, []).append(len(clip.words))

@@ -48,6 +48,8 @@ class Transcript:
     avg_logprob: float = 0.0
     max_no_speech_prob: float = 1.0
     max_compression_ratio: float = 0.0
+    # From a packed pass's second try: why the first pass doubted the clip ("" otherwise).
+    second_pass: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,15 +163,39 @@ class Transcriber:
         """Transcribe clips (mono float32 at 16 kHz) in one pass, joined with silent gaps (see packing.py).
 
         Returns, per clip, its Transcript, or why its share of the pass is doubtful (it must be transcribed alone).
-        Segment values that Whisper gives per pass (avg_logprob, no_speech_prob) are those of the segments the
-        clip's words came from; compression_ratio is measured on the clip's own text.
+        Clips the pass doubts go through a second pass together, with wider gaps, when there are two or more of
+        them (in groups that fit `pack_seconds`); a clip that pass settles carries the first doubt in
+        `second_pass`. Segment values that Whisper gives per pass (avg_logprob, no_speech_prob) are those of the
+        segments the clip's words came from; compression_ratio is measured on the clip's own text.
         """
+        results = self._one_pass(clips, min_word_probability, packing.GAP_SECONDS)
+        doubtful = [i for i, r in enumerate(results) if isinstance(r, str)]
+        if len(doubtful) < 2:
+            return results
+        groups = packing.plan_windows([len(clips[i]) / WHISPER_SAMPLE_RATE for i in doubtful],
+                                      self.cfg.pack_seconds or 28.0, packing.RETRY_GAP_SECONDS)
+        for group in groups:
+            if len(group) < 2:
+                continue
+            members = [doubtful[g] for g in group]
+            again = self._one_pass([clips[i] for i in members], min_word_probability, packing.RETRY_GAP_SECONDS)
+            for i, result in zip(members, again, strict=True):
+                first = str(results[i])
+                if isinstance(result, Transcript):
+                    result.second_pass = first
+                    results[i] = result
+                else:
+                    results[i] = f"{first}; in a second pass: {result}"
+        return results
+
+    def _one_pass(self, clips: list[np.ndarray], min_word_probability: float, gap_seconds: float
+                  ) -> list[Transcript | str]:
         durations = [len(c) / WHISPER_SAMPLE_RATE for c in clips]
-        spans = packing.layout(durations)
-        gap = np.zeros(int(packing.GAP_SECONDS * WHISPER_SAMPLE_RATE), dtype=np.float32)
+        spans = packing.layout(durations, gap_seconds)
+        gap = np.zeros(int(gap_seconds * WHISPER_SAMPLE_RATE), dtype=np.float32)
         joined = np.concatenate([part for c in clips for part in (gap, c)][1:]) if clips else gap
         decoded, language, language_probability = self._decode(joined)
-        shares = packing.split_words(spans, [seg["words"] for seg in decoded], min_word_probability)
+        shares = packing.split_words(spans, [seg["words"] for seg in decoded], min_word_probability, gap_seconds)
         results: list[Transcript | str] = []
         for share, duration in zip(shares, durations, strict=True):
             if share.doubtful:
