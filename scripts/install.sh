@@ -92,7 +92,7 @@ if [ ! -f models/piper/en_US-joe-medium.onnx.json ]; then
   mkdir -p models/piper
   cp "$src/en_US-joe-medium.onnx" models/piper/ && cp "$src/en_US-joe-medium.onnx.json" models/piper/
 fi
-if [ ! -f models/speech/.probe ]; then
+if [ ! -f models/speech/.probe ] || [ ! -f models/speech/allison/texts.tsv ]; then
   # Real human speech of several people (Debian's Asterisk voice prompts, pyannote's sample call) for the speaker
   # tests and benchmarks: tests/REALSPEECH_SOURCES.md lists sources and licences.
   say "real multi-speaker speech for tests (Debian's Asterisk prompts, pyannote.audio's sample; ~140 MB)"

@@ -14,6 +14,7 @@ level never tells speakers apart); `make_interview()` builds a conversation with
 from __future__ import annotations
 
 import functools
+import gzip
 import re
 import shutil
 import subprocess
@@ -134,9 +135,39 @@ def _split_conversation(folder: Path, out_dir: Path) -> None:
         (dst / "texts.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
+# Allison's English prompts are transcribed in the text package of the same release (not in the -wav one).
+PROMPT_TEXTS = ("asterisk-core-sounds-en", "usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz", "allison")
+
+
+def parse_prompt_texts(listing: str) -> dict[str, str]:
+    """core-sounds-en.txt: `name: Text.` per line, `;` comments; a bracketed text names a sound, not speech."""
+    texts: dict[str, str] = {}
+    for line in listing.splitlines():
+        match = re.match(r"^([^;\s:][^:]*):\s*(.*)$", line.strip())
+        if match and match.group(2) and not match.group(2).startswith("["):
+            texts[match.group(1).strip()] = " ".join(match.group(2).split())
+    return texts
+
+
+def fetch_prompt_texts(dest: Path = SPEECH_DIR, work: Path | None = None) -> None:
+    """Write `<speaker>/texts.tsv` for the Allison prompts (only those present); idempotent."""
+    package, member, speaker = PROMPT_TEXTS
+    folder = dest / speaker
+    if (folder / "texts.tsv").is_file():
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        root = _fetch_deb(package, work or Path(tmp))
+        texts = parse_prompt_texts(gzip.decompress((root / member).read_bytes()).decode("utf-8", "replace"))
+    rows = [f"{f.stem}\t{texts[f.stem]}" for f in sorted(folder.glob("*.wav")) if f.stem in texts]
+    tmp_tsv = folder / "texts.tsv.tmp"
+    tmp_tsv.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    tmp_tsv.rename(folder / "texts.tsv")
+
+
 def fetch(dest: Path = SPEECH_DIR) -> None:
-    """Download and lay out every source (idempotent: does nothing when `.probe` exists)."""
+    """Download and lay out every source (idempotent: when `.probe` exists only missing prompt texts are added)."""
     if (dest / ".probe").is_file():
+        fetch_prompt_texts(dest)
         return
     tmp_dest = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp_dest, ignore_errors=True)
@@ -163,6 +194,7 @@ def fetch(dest: Path = SPEECH_DIR) -> None:
                         _to_wav(f, out / f"{f.stem}.wav")
                     except RuntimeError:  # a few packaged prompts are damaged: leave them out
                         (out / f"{f.stem}.wav").unlink(missing_ok=True)
+        fetch_prompt_texts(tmp_dest, work)
     (tmp_dest / ".probe").write_text("OK\n", encoding="utf-8")
     shutil.rmtree(dest, ignore_errors=True)
     tmp_dest.rename(dest)
