@@ -8,7 +8,7 @@ a second pass, a clip still doubtful alone. Per setting: WER of all clips agains
 daemon picks them), clips settled in the first pass, in the second, alone. The settings alternate in rounds, so
 that the machine's noise spreads over all of them.
 
-    .venv/bin/python bench/whisper_real.py [--clips 150] [--rounds 2] [--beams 5,1]
+    .venv/bin/python bench/whisper_real.py [--clips 150] [--rounds 2] [--settings 'beam_size=5;beam_size=1']
 Writes bench/results/whisper_real.json (atomically).
 """
 
@@ -24,6 +24,7 @@ from typing import Any
 
 import jiwer
 import numpy as np
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -64,7 +65,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=150)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--beams", default="5,1")
+    ap.add_argument("--settings", default="beam_size=5;beam_size=5,window_passes=false;beam_size=1",
+                    help="transcription settings to compare, `;` between settings, `,` between keys")
     ap.add_argument("--output", default=str(support.RESULTS / "whisper_real.json"))
     args = ap.parse_args()
     if not (rs.SPEECH_DIR / "allison" / "texts.tsv").is_file():
@@ -73,7 +75,9 @@ def main() -> int:
     seconds = sum(len(a) for a in audio) / rs.SR
     print(f"{len(audio)} prompts, {seconds:.0f} s of audio; machine {support.machine()}", flush=True)
     models = support.REPO / "models"
-    settings = {f"beam {b}": TranscriptionConfig(beam_size=int(b)) for b in args.beams.split(",")}
+    settings = {text: TranscriptionConfig(**{k: yaml.safe_load(v) for k, v in
+                                             (pair.split("=", 1) for pair in text.split(","))})
+                for text in args.settings.split(";")}
     transcribers = {name: Transcriber(cfg, models) for name, cfg in settings.items()}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in settings}
     for r in range(args.rounds):
@@ -90,7 +94,7 @@ def main() -> int:
         print(f"| {name} | {100 * s['wer']:.2f} % | {s['cpu_s_median']:.1f} | {s['cpu_s_per_audio_s']:.3f} | "
               f"{s['packed']} | {s['second_pass']} | {s['alone']} |")
     support.write_json_atomically(Path(args.output), {
-        "what": "Whisper settings on real speech with known text (Allison's prompts), packed as the stage packs",
+        "what": "Whisper settings (transcription keys) on real speech with known text, packed as the stage packs",
         "machine": support.machine(), "prompts": len(audio), "audio_s": round(seconds, 1),
         "summary": summary, "runs": runs})
     print(f"wrote {args.output}")

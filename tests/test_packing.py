@@ -137,7 +137,7 @@ class ScriptedTranscriber(Transcriber):
         self.cfg = TranscriptionConfig()
         self.gaps: list[float] = []
 
-    def _decode(self, audio: np.ndarray) -> tuple[list[dict[str, Any]], str, float]:
+    def _decode(self, audio: np.ndarray, one_window: bool = False) -> tuple[list[dict[str, Any]], str, float]:
         loud = np.flatnonzero(np.abs(audio) > 0)
         edges = np.flatnonzero(np.diff(loud) > 1)
         starts = [loud[0], *loud[edges + 1]]
@@ -167,8 +167,8 @@ def test_doubtful_clips_of_a_pass_are_packed_again_with_wider_gaps_instead_of_on
 
 
 class FirstClipHeard(ScriptedTranscriber):
-    def _decode(self, audio: np.ndarray) -> tuple[list[dict[str, Any]], str, float]:
-        return super()._decode(audio[: 2 * 16000])
+    def _decode(self, audio: np.ndarray, one_window: bool = False) -> tuple[list[dict[str, Any]], str, float]:
+        return super()._decode(audio[: 2 * 16000], one_window)
 
 
 def test_a_single_doubtful_clip_goes_alone() -> None:

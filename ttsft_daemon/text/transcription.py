@@ -142,6 +142,11 @@ class Transcriber:
             problem = _load_problem(cfg, self.model_path, models_dir, where, exc)
             raise ConfigError("transcription.model", [problem]) from exc
         self.load_seconds = time.monotonic() - started
+        self._window_pipeline: Any = None
+        if cfg.window_passes and not cfg.vad_filter:
+            from faster_whisper import BatchedInferencePipeline
+
+            self._window_pipeline = BatchedInferencePipeline(self.model)
         log.info("whisper model loaded", model=self.model_path, device=self.device,
                  compute_type=self.compute_type, seconds=round(self.load_seconds, 3))
 
@@ -194,7 +199,7 @@ class Transcriber:
         spans = packing.layout(durations, gap_seconds)
         gap = np.zeros(int(gap_seconds * WHISPER_SAMPLE_RATE), dtype=np.float32)
         joined = np.concatenate([part for c in clips for part in (gap, c)][1:]) if clips else gap
-        decoded, language, language_probability = self._decode(joined)
+        decoded, language, language_probability = self._decode(joined, one_window=True)
         shares = packing.split_words(spans, [seg["words"] for seg in decoded], min_word_probability, gap_seconds)
         results: list[Transcript | str] = []
         for share, duration in zip(shares, durations, strict=True):
@@ -213,13 +218,26 @@ class Transcriber:
                                             [_word_dict(w) for w in share.words]))
         return results
 
-    def _decode(self, audio: np.ndarray) -> tuple[list[dict[str, Any]], str, float]:
-        """Whisper's segments as dicts with their words (word strings raw, with their leading space)."""
+    def _decode(self, audio: np.ndarray, one_window: bool = False) -> tuple[list[dict[str, Any]], str, float]:
+        """Whisper's segments as dicts with their words (word strings raw, with their leading space).
+
+        `one_window` (a packed pass, at most 30 s) with `window_passes`: one segment for the whole window, decoded
+        without timestamp tokens. Long-form decoding cuts a window into timestamped segments and, where the last
+        segment of the window is unfinished, decodes again from its start: on the pipeline bench's passes that
+        cost a third more CPU (bench/RESULTS.md). The word times come from the same cross-attention alignment.
+        """
         cfg = self.cfg
-        segments_iter, info = self.model.transcribe(
-            audio, language=cfg.language, beam_size=cfg.beam_size, word_timestamps=True,
-            vad_filter=cfg.vad_filter, no_speech_threshold=None, condition_on_previous_text=False,
-        )
+        if one_window and self._window_pipeline is not None and len(audio) <= 30 * WHISPER_SAMPLE_RATE:
+            segments_iter, info = self._window_pipeline.transcribe(
+                audio, language=cfg.language, beam_size=cfg.beam_size, word_timestamps=True, vad_filter=False,
+                clip_timestamps=[{"start": 0.0, "end": len(audio) / WHISPER_SAMPLE_RATE}], batch_size=1,
+                no_speech_threshold=None, condition_on_previous_text=False,
+            )
+        else:
+            segments_iter, info = self.model.transcribe(
+                audio, language=cfg.language, beam_size=cfg.beam_size, word_timestamps=True,
+                vad_filter=cfg.vad_filter, no_speech_threshold=None, condition_on_previous_text=False,
+            )
         decoded = [{
             "start": seg.start, "end": seg.end, "text": seg.text.strip(), "avg_logprob": seg.avg_logprob,
             "no_speech_prob": seg.no_speech_prob, "compression_ratio": seg.compression_ratio,
