@@ -70,6 +70,13 @@ def pipeline(p: dict[str, Any]) -> str:
         out.append(f"Daemon dataset: word error rate of the accepted clips against the known text per repeat "
                    f"{s['daemon_dataset_wer_per_repeat']}, accepted speech s {s['daemon_accepted_speech_s_per_repeat']}"
                    f"; the naive script's transcripts: WER {s.get('naive_wer_per_repeat')}.")
+    counts = [r["daemon"]["dataset"] for r in p["repeats"] if "second_pass" in r["daemon"]["dataset"]]
+    if counts:
+        c = counts[0]
+        out.append(f"How the transcribe stage handled the accepted clips (repeat 0): Whisper in a packed pass "
+                   f"{c['packed']}, in the second pass of a pass's doubtful clips {c['second_pass']}, alone "
+                   f"{c['alone']}; DNSMOS from the pass's screen {c['dnsmos_screened']}, scored alone "
+                   f"{c['dnsmos_alone']}.")
     if s.get("speedup_daemon_cheap_per_repeat"):
         out.append(f"Speedup of the daemon with Whisper beam 1 and DNSMOS off: {s['speedup_daemon_cheap_per_repeat']}.")
     return "\n".join(out)
@@ -161,6 +168,16 @@ def watcher(w: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def whisper_real(w: dict[str, Any]) -> str:
+    rows = [[name, f"{100 * x['wer']:.2f} %", x["cpu_s_median"], x["cpu_s_per_audio_s"], x["packed"],
+             x["second_pass"], x["alone"]] for name, x in w["summary"].items()]
+    rounds = len(next(iter(w["runs"].values())))
+    return "\n".join([f"Machine: {machine_line(w['machine'])}", "",
+                      f"{w['prompts']} prompts, {w['audio_s']} s of audio; CPU: median of {rounds} rounds.", "",
+                      table(["setting", "WER vs known text", "CPU s", "CPU s / audio s", "first pass",
+                             "second pass", "alone"], rows)])
+
+
 # Blocks of RESULTS.md that `--update` regenerates: <!-- report:NAME --> ... <!-- /report -->
 BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "pipeline": ("pipeline.json", pipeline), "pipeline_stages": ("pipeline.json", pipeline_stages),
@@ -168,7 +185,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "pipeline_nomusic_stages": ("pipeline_nomusic.json", pipeline_stages),
     "transcribe_cost": ("transcribe_cost.json", transcribe_cost), "memory": ("memory.json", memory),
     "memory_defaults": ("memory_defaults.json", memory),
-    "watcher": ("watcher.json", watcher),
+    "watcher": ("watcher.json", watcher), "whisper_real": ("whisper_real.json", whisper_real),
 }
 
 

@@ -183,9 +183,9 @@ class TranscriptionConfig:
     model: str = _f("tiny.en", "faster-whisper model name (downloaded where online) or path")
     device: str = _f("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
     compute_type: str = _f("auto", "CTranslate2 compute type (auto: int8 on CPU, float16 on GPU)")
-    beam_size: int = _f(5, "Whisper's beam size; 1 (greedy) costs 17 % less Whisper CPU for +0.2 points of WER "
-                           "on real speech with known text (2.8 % against 2.6 %, 150 prompts; bench/RESULTS.md)",
-                        min=1, max=20)
+    beam_size: int = _f(5, "Whisper's beam size. 1 (greedy) costs ~20 % less Whisper CPU; its WER was 0.9 points "
+                           "lower on real speech with known text but 0.5 points higher on the pipeline bench's "
+                           "dataset (bench/RESULTS.md section 1c), so 5 stays the default", min=1, max=20)
     language: str | None = _f("en", "language code, or null to detect")
     vad_filter: bool = _f(False, "faster-whisper's Silero VAD filter")
     cpu_threads: int = _f(0, "CTranslate2 threads per worker (0 = auto: 1 on hosts of up to 4 cores, where it "
@@ -195,7 +195,8 @@ class TranscriptionConfig:
                              "pass is doubtful is transcribed alone. 0 = one pass per clip", min=0.0, max=30.0)
     window_passes: bool = _f(True, "decode a packed pass as one 30 s window without timestamp tokens (faster-whisper's "
                              "batched pipeline; word times from its alignment, as before). false: long-form decoding, "
-                             "which decodes much of a pass twice (again from its last timestamp). Not with vad_filter")
+                             "which decodes much of a pass twice (again from its last timestamp): 1.5x the Whisper CPU "
+                             "at the same WER (bench/RESULTS.md section 1c). Not with vad_filter")
 
 
 @dataclass(frozen=True)
