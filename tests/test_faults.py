@@ -524,7 +524,9 @@ class WorkerKiller:
 def test_a_killed_separation_worker_is_retried_then_quarantined_and_the_daemon_stays_up(
         tmp_path: Path, small_inputs: list[Path]) -> None:
     root = tmp_path / "state"
-    config = fast_config(tmp_path / "c.yaml", root, separation={"enabled": True, "chunk_seconds": 30.0},
+    # skip_music_free off: a chunk found music-free is answered in half a second, before the killer can act.
+    config = fast_config(tmp_path / "c.yaml", root,
+                         separation={"enabled": True, "chunk_seconds": 30.0, "skip_music_free": False},
                          daemon={"max_attempts": 2, "retry_backoff_seconds": 0.5})
     log = tmp_path / "daemon.log"
     (root / "work").mkdir(parents=True)
