@@ -9,9 +9,10 @@ A clip whose share of the window is doubtful is not given a packed transcript at
 or more clips doubtful, those are packed again in a second pass with wider gaps (RETRY_GAP_SECONDS): most doubts
 come from Whisper dating a first word early, into the gap before its clip, which a wider gap absorbs. A clip still
 doubtful then is transcribed on its own, exactly as without packing (measured on the pipeline bench's 246 clips:
-25 transcribed alone before the second pass, 5 after it). Doubtful means: Whisper gave it no word (it may have
-skipped it, or heard no speech there, which the clip's own no-speech probability must then decide), a word of it
-lies in a gap or across one, or its words are unsure (mean probability under the gate's `min_word_probability`).
+25 transcribed alone before the second pass, 4 after it with one window per pass). Doubtful means: Whisper gave
+it no word (it may have skipped it, or heard no speech there, which the clip's own no-speech probability must then
+decide), a word of it lies in a gap or across one, or its words are unsure (mean probability under the gate's
+`min_word_probability`).
 
 `PackedResults` keeps the per-clip results of the windows transcribed by this process, shared by its transcribe
 workers. It is only a cache: after a restart a clip is packed again with those of its neighbours still waiting.

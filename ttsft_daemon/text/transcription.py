@@ -171,7 +171,8 @@ class Transcriber:
         Clips the pass doubts go through a second pass together, with wider gaps, when there are two or more of
         them (in groups that fit `pack_seconds`); a clip that pass settles carries the first doubt in
         `second_pass`. Segment values that Whisper gives per pass (avg_logprob, no_speech_prob) are those of the
-        segments the clip's words came from; compression_ratio is measured on the clip's own text.
+        segments the clip's words came from (with `window_passes`, the one segment of the whole pass: the clip's
+        own evidence is then its words' probabilities); compression_ratio is measured on the clip's own text.
         """
         results = self._one_pass(clips, min_word_probability, packing.GAP_SECONDS)
         doubtful = [i for i, r in enumerate(results) if isinstance(r, str)]
