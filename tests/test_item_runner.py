@@ -164,6 +164,32 @@ def test_a_deferred_item_waits_without_spending_attempts(env: StageEnv) -> None:
     assert runner.run(item) and env.spool.items("out")  # decided at last: processed normally
 
 
+class WokenMidCall(Deferred):
+    """Deferred, raised after another worker has already woken the stage's waiting items (the speaker stage's
+    race: one worker decides the target while another, on stale state, decides its clip must wait)."""
+
+
+def test_a_wake_during_the_call_that_defers_is_not_lost(env: StageEnv) -> None:
+    item = _put(env.spool, "c1")
+    stage = _stage(env)
+    assert env.backoff is not None
+    backoff = env.backoff
+    real_process = stage.process
+
+    def process(item: Item, ctx: StageContext) -> Result:
+        if stage.calls == 0:
+            stage.calls += 1
+            backoff.wake_deferred("double-")  # what it waits for arrives while it decides to wait
+            raise WokenMidCall("target speaker unknown", 60.0)
+        return real_process(item, ctx)
+
+    stage.process = process  # type: ignore[method-assign]
+    runner = _runner(env, stage)
+    assert runner.run(item)  # not parked for 60 s: tried again at once
+    assert not backoff.is_deferred("double-c1") and backoff.ready("double-c1")
+    assert runner.run(item) and env.spool.items("out")
+
+
 def test_back_off_disk_full_delays_double_up_to_a_bound() -> None:
     b = Backoff()
     delays = [b.disk_full_delay("k", 1.0) for _ in range(7)]

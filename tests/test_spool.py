@@ -12,7 +12,14 @@ import pytest
 
 from ttsft_daemon.core import atomic as spool_mod
 from ttsft_daemon.core.jobs import JobRecord
-from ttsft_daemon.core.spool import TMP_PREFIX, Spool, atomic_write_bytes, atomic_write_json, tmp_name
+from ttsft_daemon.core.spool import (
+    TMP_PREFIX,
+    Spool,
+    _create_reservation,
+    atomic_write_bytes,
+    atomic_write_json,
+    tmp_name,
+)
 
 
 @pytest.fixture
@@ -188,3 +195,35 @@ def test_a_job_record_of_the_previous_release_loads_and_keeps_unknown_keys(sp: S
     saved = json.loads(sp.job_path(job.job_id).read_text())
     assert saved["schema"] == 2 and saved["a_future_key"] == [1, 2] and saved["accepted_count"] == 1
     assert {k for k in old if k != "updated"} <= set(saved)
+
+
+def test_a_reservation_left_by_a_crashed_quarantine_is_cleared_at_start(sp: Spool, tmp_path: Path) -> None:
+    """A real process dies at the quarantine's first write, after reserving the name: the restart clears the
+    reservation (its owner is dead), finishes nothing it need not, and the name is usable again."""
+    f = sp.layout.spool("raw") / "talk.mp3"
+    f.write_bytes(b"x")
+    script = (
+        "import sys; from pathlib import Path; from ttsft_daemon.core import atomic;"
+        "from ttsft_daemon.core.spool import Spool;"
+        "sp = Spool(Path(sys.argv[1])); atomic.set_fault(1);"
+        "sp.quarantine([sp.layout.spool('raw') / 'talk.mp3'], 'ingest', 'bad', extra={'item': 'i1'})"
+    )
+    code = subprocess.run([sys.executable, "-c", script, str(sp.layout.root)], cwd=Path(__file__).parent.parent,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}).returncode
+    assert code == 77
+    left = sorted(p.name for p in sp.layout.failed.iterdir())
+    assert ".talk.mp3.reserved" in left, left
+    assert json.loads((sp.layout.failed / ".talk.mp3.reserved").read_text())["owner"]
+    # one of a live process (this one) stays; an untagged one stays only while young
+    alive = sp.layout.failed / ".other.mp3.reserved"
+    assert _create_reservation(alive) and not _create_reservation(alive)
+    empty = sp.layout.failed / ".empty.mp3.reserved"
+    empty.write_bytes(b"")
+    sp.cleanup_temporaries()
+    left = sorted(p.name for p in sp.layout.failed.iterdir())
+    assert left == [".empty.mp3.reserved", ".other.mp3.reserved"], left
+    os.utime(empty, (0, 0))
+    sp.cleanup_temporaries()
+    assert sorted(p.name for p in sp.layout.failed.iterdir()) == [".other.mp3.reserved"]
+    err = sp.quarantine([f], "ingest", "bad", extra={"item": "i1"})
+    assert err.name == "talk.mp3.error.json" and (sp.layout.failed / "talk.mp3").read_bytes() == b"x"

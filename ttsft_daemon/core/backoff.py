@@ -20,6 +20,7 @@ class Backoff:
         self._inbox_attempts: dict[str, int] = {}
         self._disk_full_streak: dict[str, int] = {}
         self._deferred: set[str] = set()
+        self._wakes: dict[str, int] = {}  # prefix -> how many times its deferred items were woken
         self._lock = threading.Lock()
 
     def ready(self, key: str) -> bool:
@@ -36,11 +37,23 @@ class Backoff:
             self._disk_full_streak.pop(key, None)
             self._deferred.discard(key)
 
-    def defer(self, key: str, seconds: float) -> None:
-        """`key` waits for something outside it (see errors.Deferred): not work in progress."""
+    def defer(self, key: str, seconds: float, wakes_before: dict[str, int] | None = None) -> bool:
+        """`key` waits for something outside it (see errors.Deferred): not work in progress. With `wakes_before`
+        (`wakes()` taken before the attempt that deferred), a wake of its stage that came during the attempt
+        (what it waited for arrived while it was deciding to wait) leaves it ready at once instead: False."""
         with self._lock:
+            if wakes_before is not None and any(key.startswith(prefix) and n != wakes_before.get(prefix, 0)
+                                                for prefix, n in self._wakes.items()):
+                self._next.pop(key, None)
+                self._deferred.discard(key)
+                return False
             self._next[key] = time.monotonic() + seconds
             self._deferred.add(key)
+            return True
+
+    def wakes(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._wakes)
 
     def is_deferred(self, key: str) -> bool:
         with self._lock:
@@ -50,6 +63,7 @@ class Backoff:
         """What the deferred items of one stage (keys "<stage>-...") waited for may have come: try them at once
         (and count them as pending work again until they run)."""
         with self._lock:
+            self._wakes[prefix] = self._wakes.get(prefix, 0) + 1
             for key in [k for k in self._deferred if k.startswith(prefix)]:
                 self._next.pop(key, None)
                 self._deferred.discard(key)

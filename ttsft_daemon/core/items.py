@@ -114,6 +114,7 @@ class ItemRunner:
             return True
         started = time.monotonic()
         ctx = StageContext(self.config, self.spool, self.stop)
+        wakes = self.backoff.wakes()
         try:
             result = self.stage.process(item, ctx)
             try:
@@ -128,9 +129,12 @@ class ItemRunner:
             return False
         except Deferred as exc:
             self._uncount_attempt(job_id, key)
-            if not self.backoff.is_deferred(key):
+            was_deferred = self.backoff.is_deferred(key)
+            if not self.backoff.defer(key, exc.retry_seconds, wakes_before=wakes):
+                log.info("looking again at once: what it waited for came meanwhile", item=item.id, **fields)
+                return False
+            if not was_deferred:
                 log.info("waiting", item=item.id, why=exc.reason, **fields)
-            self.backoff.defer(key, exc.retry_seconds)
             return None
         except RejectedInput as exc:
             self._quarantine(item, job_id, exc.reason, exc.detail, fields)

@@ -35,6 +35,7 @@ from ttsft_daemon.core.atomic import (
     _HOST,
     TMP_PREFIX,
     _fault_point,
+    _owner_tag,
     _start_time,
     atomic_copy,
     atomic_open,
@@ -386,7 +387,8 @@ class Spool:
                 removed += 1
         from ttsft_daemon.core.inbox import restore_interrupted_takes  # the inbox module imports this one
 
-        return removed + self.repair() + restore_interrupted_takes(self.layout.inbox) + self.sweep_locks()
+        return (removed + release_dead_reservations(self.layout.failed, max_age_seconds) + self.repair()
+                + restore_interrupted_takes(self.layout.inbox) + self.sweep_locks())
 
     def sweep_locks(self) -> int:
         """Remove the lock files of claims whose item is gone (one is left per item a stage worked on). Each is
@@ -422,28 +424,78 @@ class Spool:
 
 
 def _reserve_name(folder: Path, name: str) -> str:
-    """A name under `folder` no other quarantine uses: a hidden `.<name>.reserved` is created exclusively (the
-    caller removes it once the report is written), so two workers rejecting files of one name never pick the same
-    one, and no reader ever sees a placeholder report."""
+    """A name under `folder` no other quarantine uses: a hidden `.<name>.reserved` naming its owner is created
+    exclusively (the caller removes it once the report is written), so two workers rejecting files of one name
+    never pick the same one, and no reader ever sees a placeholder report. The reservation is written in full
+    before it appears (a temporary linked into place), so one left by a crash always says whose it was and
+    `release_dead_reservations` can clear it."""
     n = 0
+    stem, dot, ext = name.partition(".")
     while True:
-        stem, dot, ext = name.partition(".")
         candidate = name if n == 0 else f"{stem}.{n}{dot}{ext}"
         n += 1
         if os.path.lexists(folder / candidate):
             continue
-        try:
-            fd = os.open(folder / _reservation(candidate), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except FileExistsError:
+        if not _create_reservation(folder / _reservation(candidate)):
             continue
         if os.path.lexists(folder / f"{candidate}.error.json"):  # reported between the check and the reservation
-            os.close(fd)
+            (folder / _reservation(candidate)).unlink(missing_ok=True)
             continue
+        return candidate
+
+
+def _create_reservation(path: Path) -> bool:
+    """Create `path` holding its owner's tag, atomically; False when it exists already."""
+    body = json.dumps({"host": _HOST, "owner": _owner_tag()}).encode() + b"\n"
+    tmp = tmp_name(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(body)
         try:
-            os.write(fd, json.dumps({"reserved_by": os.getpid()}).encode() + b"\n")
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+        # A filesystem without hard links (some network shares): exclusive creation, then the tag.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, body)
         finally:
             os.close(fd)
-        return candidate
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def release_dead_reservations(folder: Path, max_age_seconds: float = 24 * 3600) -> int:
+    """Remove quarantine reservations left by crashed processes: ones whose owner (on this host) has exited,
+    empty ones older than a minute (a writer that died between creating and tagging one), and any older than
+    `max_age_seconds`. Returns how many were removed."""
+    removed = 0
+    now = time.time()
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(".") and n.endswith(".reserved")]
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        path = folder / name
+        age = _age(path, now)
+        data = read_json(path) or {}
+        owner, host = str(data.get("owner") or ""), str(data.get("host") or "")
+        if owner:
+            dead = host == _HOST and _tmp_owner_dead(f"{TMP_PREFIX}{host}.{owner}.x")
+        else:
+            dead = age > 60
+        if dead or age > max_age_seconds:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 STORAGE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO)
