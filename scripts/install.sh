@@ -39,7 +39,8 @@ if [ "$(cat .venv/.ttsft-stamp 2>/dev/null)" != "$main_stamp" ]; then
   quiet .venv/bin/pip install -q -c constraints.txt -e '.[dev,models,ray]'  # ray: the Ray engine's extra (tests too)
   # The speaker encoder's weights ship in resemblyzer's wheel; its declared dependencies (webrtcvad needs a compiler,
   # old typing pins) are not needed: the project reads only the weights (ttsft_daemon/audio/speaker.py).
-  quiet .venv/bin/pip install -q --no-deps -c constraints.txt resemblyzer webrtcvad-wheels
+  # Likewise pyrnnoise: only its bundled librnnoise.so is loaded (ttsft_daemon/audio/residue.py).
+  quiet .venv/bin/pip install -q --no-deps -c constraints.txt resemblyzer webrtcvad-wheels pyrnnoise
   echo "$main_stamp" >.venv/.ttsft-stamp
 fi
 

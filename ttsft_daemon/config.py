@@ -104,6 +104,12 @@ class SeparationConfig:
     music_free_gap_db: float = _f(30.0, "a chunk is music-free when 95 % of its 4 s windows hold a 0.1 s moment "
                                   "this far below their loud part (a noisier recording is separated as before)",
                                   min=10.0, max=80.0)
+    remove_residue: bool = _f(True, "run the vocal stem of recordings Spleeter separated through RNNoise, which "
+                              "takes the music Spleeter leaves in ~20 dB further down (6 dB mix, real music: clips "
+                              "under the DNSMOS gate 32 -> 5 of 60, 0.04 CPU-s per audio second; bench/RESULTS.md "
+                              "§7); music-free recordings are never touched")
+    residue_library: Path | None = _f(None, "librnnoise.so for remove_residue (default: the one the pyrnnoise "
+                                      "package bundles)")
     threads: int = _f(0, "ONNX Runtime / TensorFlow threads of the Spleeter worker (0 = auto: 1 on hosts of up to 4 "
                       "cores, where the other stages' workers hold the other cores; else half the cores)",
                       min=0, max=256)

@@ -7,19 +7,25 @@ cluster's nodes, so both engines give the same results on the same input.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 
+from ttsft_daemon.audio.residue import ResidueRemover, find_library, library_missing
 from ttsft_daemon.audio.separation import SeparatorProcess, decode_and_separate
 from ttsft_daemon.audio.speaker import SpeakerEncoder
 from ttsft_daemon.config import Config
 from ttsft_daemon.core import cpu
+from ttsft_daemon.core.atomic import tmp_name
 from ttsft_daemon.engine import PassResult
 from ttsft_daemon.text.quality import QualityGate, QualityReport
 from ttsft_daemon.text.transcription import Transcriber, Transcript
+
+log = structlog.get_logger(__name__)
 
 
 class LocalSeparator:
@@ -28,6 +34,7 @@ class LocalSeparator:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._separator: SeparatorProcess | None = None
+        self._residue: ResidueRemover | None = None
 
     def open(self) -> None:
         sep = self.config.separation
@@ -46,13 +53,29 @@ class LocalSeparator:
                 music_gap_db=sep.music_free_gap_db if sep.skip_music_free else None,
             )
             self._separator.start()
+        if sep.enabled and sep.remove_residue and self._residue is None:
+            library = find_library(sep.residue_library)
+            if library is None:
+                log.warning("music residue removal off", why=library_missing(sep.residue_library))
+            else:
+                self._residue = ResidueRemover(library)
 
     def separate(self, src: Path, dst: Path, workdir: Path, stop: threading.Event | None = None) -> dict[str, Any]:
         decode_and_separate(self._separator, src, dst, workdir, self.config.daemon.ffmpeg_timeout_seconds)
         if self._separator is None:
             return {"separated": False}
         answer = self._separator.last_result or {}
-        return {"separated": True, "chunks": answer.get("chunks"), "music_free_chunks": answer.get("music_free_chunks")}
+        chunks, music_free = answer.get("chunks"), answer.get("music_free_chunks") or 0
+        info = {"separated": True, "chunks": chunks, "music_free_chunks": music_free}
+        if self._residue is not None and chunks is not None and music_free < chunks:
+            polished = tmp_name(dst)
+            try:
+                self._residue.run(dst, polished)
+                os.replace(polished, dst)
+            finally:
+                polished.unlink(missing_ok=True)
+            info["residue_removed"] = True
+        return info
 
     def close(self) -> None:
         if self._separator is not None:
