@@ -111,6 +111,7 @@ def summarize(root: Path, spans: list[tuple[float, float, str]]) -> dict[str, An
         if isinstance(score, (int, float)):
             dnsmos.append(float(score))
         kept_by_parts += bool(details.get("dnsmos_verdict"))
+    joined = joined_wer(clips, spans)
     reasons: dict[str, int] = {}
     lost: dict[str, float] = {}
     music_rejects: list[dict[str, Any]] = []
@@ -128,12 +129,66 @@ def summarize(root: Path, spans: list[tuple[float, float, str]]) -> dict[str, An
     return {"coverage": round(covered / spoken, 4), "accepted_clips": len(clips), "accepted_seconds":
             round(covered, 1), "spoken_seconds": round(spoken, 1), "wer": _wer(refs, hyps),
             "wer_whole": _wer(whole_refs, whole_hyps), "wer_whole_clips": len(whole_refs),
-            "wer_whole_seconds": round(whole_s, 1),
+            "wer_whole_seconds": round(whole_s, 1), **joined,
             "dnsmos_accepted_mean": round(float(np.mean(dnsmos)), 3) if dnsmos else None,
             "dnsmos_accepted_p10": round(float(np.percentile(dnsmos, 10)), 3) if dnsmos else None,
             "accepted_by_music_rule": kept_by_parts,
             "rejects": dict(sorted(reasons.items())), "rejected_spoken_seconds": dict(sorted(lost.items())),
             "music_rejects": music_rejects}
+
+
+def joined_wer(clips: list[dict[str, Any]], spans: list[tuple[float, float, str]]) -> dict[str, Any]:
+    """WER over runs of accepted clips whose references are exact: clips are joined with the utterances they
+    touch (a long prompt split at its inner pauses gives several clips of one utterance); a run whose clips
+    cover every utterance it touches whole (to WHOLE_SLACK_S, nothing of it rejected) is scored as the clips'
+    texts in order against those utterances' known texts in order. Runs with a part rejected are left out (their
+    reference is not known word by word); `wer_joined_seconds` says how much of the accepted speech was scored."""
+    order = sorted(clips, key=lambda c: float(c["start"]))
+    parent = list(range(len(order) + len(spans)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for ci, c in enumerate(order):
+        start, end = float(c["start"]), float(c["end"])
+        for ui, (s, e, _) in enumerate(spans):
+            if min(end, e) - max(start, s) > 0:
+                parent[find(ci)] = find(len(order) + ui)
+    groups: dict[int, tuple[list[int], list[int]]] = {}
+    for ci in range(len(order)):
+        groups.setdefault(find(ci), ([], []))[0].append(ci)
+    for ui in range(len(spans)):
+        if find(len(order) + ui) in groups:
+            groups[find(len(order) + ui)][1].append(ui)
+    refs, hyps, seconds, n = [], [], 0.0, 0
+    for members, utts in groups.values():
+        if not utts:
+            continue
+        spans_here = [(float(order[ci]["start"]), float(order[ci]["end"])) for ci in members]
+        if all(_covered(s, e, spans_here) for s, e, _ in (spans[ui] for ui in utts)):
+            refs.append(normalize_for_wer(" ".join(spans[ui][2] for ui in sorted(utts))))
+            hyps.append(normalize_for_wer(" ".join(str(order[ci].get("text", "")) for ci in members)))
+            seconds += sum(spans[ui][1] - spans[ui][0] for ui in utts)
+            n += len(members)
+    return {"wer_joined": _wer(refs, hyps), "wer_joined_clips": n, "wer_joined_seconds": round(seconds, 1)}
+
+
+def _covered(s: float, e: float, pieces: list[tuple[float, float]]) -> bool:
+    """Whether the union of `pieces` covers [s, e] but for gaps of WHOLE_SLACK_S at most (a clip's trimmed
+    edges and a split's pause)."""
+    t = s
+    for a, b in sorted(pieces):
+        if b <= t:
+            continue
+        if a - t > WHOLE_SLACK_S:
+            return False
+        t = max(t, b)
+        if t >= e - WHOLE_SLACK_S:
+            return True
+    return t >= e - WHOLE_SLACK_S
 
 
 MUSIC_REASONS = ("dnsmos_low", "music_residue")

@@ -108,6 +108,8 @@ class SeparationConfig:
                               "takes the music Spleeter leaves in ~20 dB further down (6 dB mix, real music: clips "
                               "under the DNSMOS gate 32 -> 5 of 60, 0.04 CPU-s per audio second; bench/RESULTS.md "
                               "§7); music-free recordings are never touched")
+    residue_keep: float = _f(0.0, "share of the vocal stem mixed back into RNNoise's output (0: RNNoise alone; "
+                             "0.2 bounds the cut at 14 dB and gives back soft word edges)", min=0.0, max=0.9)
     residue_library: Path | None = _f(None, "librnnoise.so for remove_residue (default: the one the pyrnnoise "
                                       "package bundles)")
     threads: int = _f(0, "ONNX Runtime / TensorFlow threads of the Spleeter worker (0 = auto: 1 on hosts of up to 4 "

@@ -95,10 +95,15 @@ class _RNNoise:
 
 
 class ResidueRemover:
-    """Streams a mono 16-bit WAV through RNNoise into another of the same rate and length, time-aligned."""
+    """Streams a mono 16-bit WAV through RNNoise into another of the same rate and length, time-aligned. `keep`
+    is the share of the input mixed back into RNNoise's output (0: RNNoise alone): it bounds how far anything is
+    taken down (to 20*log10(keep) dB) and gives back the soft word edges RNNoise thins."""
 
-    def __init__(self, library: Path) -> None:
+    def __init__(self, library: Path, keep: float = 0.0) -> None:
+        if not 0.0 <= keep < 1.0:
+            raise ValueError(f"keep must be in [0, 1): {keep}")
         self.library = library
+        self.keep = keep
 
     def run(self, src: Path, dst: Path) -> None:
         with wave.open(os.fspath(src), "rb") as reader:
@@ -109,18 +114,20 @@ class ResidueRemover:
                 writer.setnchannels(1)
                 writer.setsampwidth(2)
                 writer.setframerate(rate)
-                for piece in _stream(reader, rate, total, _RNNoise(self.library)):
+                for piece in _stream(reader, rate, total, _RNNoise(self.library), self.keep):
                     writer.writeframes(np.clip(np.round(piece * 32767.0), -32768, 32767).astype("<i2").tobytes())
 
 
-def _stream(reader: wave.Wave_read, rate: int, total: int, rnn: _RNNoise) -> Iterator[np.ndarray]:
-    """Yield the denoised stem in blocks; exactly `total` samples in all, the denoiser's delay removed."""
+def _stream(reader: wave.Wave_read, rate: int, total: int, rnn: _RNNoise, keep: float) -> Iterator[np.ndarray]:
+    """Yield the denoised stem in blocks; exactly `total` samples in all, the denoiser's delay removed, `keep` of
+    the input mixed back."""
     up = soxr.ResampleStream(rate, RNNOISE_RATE, 1, dtype="float32", quality="HQ")
     down = soxr.ResampleStream(RNNOISE_RATE, rate, 1, dtype="float32", quality="HQ")
     pending = np.zeros(0, dtype=np.float32)  # 48 kHz samples short of a whole frame
     skip = 2 * rnn.frame  # RNNoise's output lags its input by two frames (measured: 20 ms)
     skip_out = round(skip * rate / RNNOISE_RATE)
     emitted = 0
+    originals = np.zeros(0, dtype=np.float32)  # input samples not yet matched by output ones
     block = max(1, int(BLOCK_SECONDS * rate))
     try:
         read = 0
@@ -129,6 +136,8 @@ def _stream(reader: wave.Wave_read, rate: int, total: int, rnn: _RNNoise) -> Ite
             read += len(raw) // 2
             last = read >= total or not raw
             x = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+            if keep:
+                originals = np.concatenate([originals, x])
             hi = np.concatenate([pending, up.resample_chunk(x, last=last)])
             if last:  # the frame lag and the tail: flush with silence
                 hi = np.concatenate([hi, np.zeros(skip + rnn.frame, dtype=np.float32)])
@@ -139,12 +148,15 @@ def _stream(reader: wave.Wave_read, rate: int, total: int, rnn: _RNNoise) -> Ite
                 cut = min(skip_out, len(lo))
                 lo, skip_out = lo[cut:], skip_out - cut
             lo = lo[: max(0, total - emitted)]
+            if keep:
+                lo = (1.0 - keep) * lo + keep * originals[: len(lo)]
+                originals = originals[len(lo) :]
             emitted += len(lo)
             if len(lo):
                 yield lo
             if last:
                 break
         if emitted < total:
-            yield np.zeros(total - emitted, dtype=np.float32)
+            yield keep * originals[: total - emitted] if keep else np.zeros(total - emitted, dtype=np.float32)
     finally:
         rnn.close()

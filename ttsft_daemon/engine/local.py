@@ -58,7 +58,7 @@ class LocalSeparator:
             if library is None:
                 log.warning("music residue removal off", why=library_missing(sep.residue_library))
             else:
-                self._residue = ResidueRemover(library)
+                self._residue = ResidueRemover(library, sep.residue_keep)
 
     def separate(self, src: Path, dst: Path, workdir: Path, stop: threading.Event | None = None) -> dict[str, Any]:
         decode_and_separate(self._separator, src, dst, workdir, self.config.daemon.ffmpeg_timeout_seconds)
