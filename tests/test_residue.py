@@ -143,3 +143,16 @@ def test_a_missing_library_is_said_clearly(tmp_path: Path) -> None:
     why = library_missing(tmp_path / "nowhere" / "librnnoise.so")
     assert why is not None and "librnnoise not found" in why and "nowhere" in why
     assert find_library(tmp_path / "nowhere" / "librnnoise.so") is None
+
+
+def test_keep_mixes_the_input_back_in_time(tmp_path: Path, library: Path,
+                                           talk: tuple[np.ndarray, np.ndarray]) -> None:
+    speech, _ = talk
+    src = write_mono(tmp_path / "in.wav", speech[: 8 * SR] * 0.3)
+    ResidueRemover(library).run(src, tmp_path / "alone.wav")
+    ResidueRemover(library, keep=0.25).run(src, tmp_path / "kept.wav")
+    x, alone, kept = read_mono(src), read_mono(tmp_path / "alone.wav"), read_mono(tmp_path / "kept.wav")
+    assert len(kept) == len(x)
+    assert np.max(np.abs(kept - (0.75 * alone + 0.25 * x))) < 3 / 32768
+    with pytest.raises(ValueError):
+        ResidueRemover(library, keep=1.0)
