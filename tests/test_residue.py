@@ -89,7 +89,8 @@ def test_clean_speech_keeps_its_length_timing_and_level(tmp_path: Path, library:
 
 def test_the_music_spleeter_leaves_in_goes_down_and_the_speech_stays(tmp_path: Path, library: Path,
                                                                      talk: tuple[np.ndarray, np.ndarray]) -> None:
-    """Speech over music 6 dB below it, through the real Spleeter worker, with and without the residue step."""
+    """Speech over music 6 dB below it, through the real Spleeter worker, with and without the residue step (at the
+    default residue_keep of 0.25 the cut is bounded at 12 dB; measured 8.9 dB here, 13.1 dB with keep 0)."""
     if not (REPO / ".venv-spleeter" / "bin" / "python").exists():
         pytest.skip(missing("the Spleeter environment (scripts/install.sh)"))
     speech, mask = talk
@@ -115,10 +116,12 @@ def test_the_music_spleeter_leaves_in_goes_down_and_the_speech_stays(tmp_path: P
     pauses[: SR // 2] = False  # the first half second: RNNoise is still learning the noise
     before = db(rms(plain[pauses])) - db(rms(plain[mask]))
     after = db(rms(polished[pauses])) - db(rms(polished[mask]))
-    assert after < before - 8.0, f"music in the pauses: {before:.1f} dB -> {after:.1f} dB under the speech"
+    print(f"music in the pauses: {before:.1f} dB -> {after:.1f} dB under the speech")
+    assert after < before - 6.0, f"music in the pauses: {before:.1f} dB -> {after:.1f} dB under the speech"
     assert abs(db(rms(polished[mask])) - db(rms(plain[mask]))) < 3.0, "the speech lost level"
     # The same step by hand on the plain stem gives the engine's output exactly.
-    ResidueRemover(library).run(tmp_path / "vocals-False.wav", tmp_path / "by-hand.wav")
+    keep = config_from_dict({}).separation.residue_keep
+    ResidueRemover(library, keep).run(tmp_path / "vocals-False.wav", tmp_path / "by-hand.wav")
     assert np.array_equal(read_mono(tmp_path / "by-hand.wav"), polished)
 
 
