@@ -284,7 +284,7 @@ def plot(curves: dict[str, dict[str, Any]]) -> str | None:
         levels = curve["levels"]
         pts = [(x, levels.get(key or "no music")) for x, (_, key) in zip(xs, order, strict=True)]
         pts = [(x, v) for x, v in pts if v is not None]
-        style = dict(linestyle=styles[i % 4], marker=markers[i % 4], markersize=4, label=label)
+        style = dict(linestyle=styles[i % 4], marker=markers[i % 4], markersize=4, label=label, color=f"C{i % 10}")
         top.plot([x for x, _ in pts], [100 * v["coverage"] for _, v in pts], **style)
         if curve.get("reference") == "known text":  # earlier curves were scored against Whisper on clean speech
             bottom.plot([x for x, _ in pts], [100 * (v.get("wer_joined", v["wer"]) or 0.0) for _, v in pts], **style)
