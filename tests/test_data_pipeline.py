@@ -56,6 +56,8 @@ def test_realistic_recordings_over_music(tmp_path: Path) -> None:
 
     infos = _clip_infos(root)
     assert infos, "no clips at all"
+    separated = [e for e in log_events(log) if e.get("event") == "separate done"]
+    assert len(separated) == 2 and all(e.get("spleeter") and e.get("residue_removed") for e in separated), separated
     transcribed = [e for e in log_events(log) if e.get("event") == "transcribe done"]
     assert sum(1 for e in transcribed if e.get("packed")) >= len(transcribed) / 2, "most clips should share passes"
     for wav in root.glob("dataset/*/wavs/*.wav"):

@@ -45,6 +45,8 @@ class SeparateStage(SpoolStage):
             # chunks passed through unseparated because no music was found in them (separation.skip_music_free)
             out_meta["separation_chunks"] = log["chunks"] = info["chunks"]
             out_meta["music_free_chunks"] = log["music_free_chunks"] = info.get("music_free_chunks") or 0
+        if separated:  # the music Spleeter left in taken further down (separation.remove_residue)
+            out_meta["residue_removed"] = log["residue_removed"] = bool(info.get("residue_removed"))
 
         def update(job: JobRecord) -> None:
             job.separated, job.spleeter = True, separated
