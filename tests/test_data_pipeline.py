@@ -57,7 +57,10 @@ def test_realistic_recordings_over_music(tmp_path: Path) -> None:
     infos = _clip_infos(root)
     assert infos, "no clips at all"
     separated = [e for e in log_events(log) if e.get("event") == "separate done"]
-    assert len(separated) == 2 and all(e.get("spleeter") and e.get("residue_removed") for e in separated), separated
+    # Spleeter takes the demo's synthetic bed out whole (the stem's pauses end up near silence): RNNoise is skipped,
+    # and the log says so and why.
+    assert len(separated) == 2 and all(e.get("spleeter") and e.get("residue_removed") is False
+                                       and e["residue_pause_gap_db"] >= 45.0 for e in separated), separated
     transcribed = [e for e in log_events(log) if e.get("event") == "transcribe done"]
     assert sum(1 for e in transcribed if e.get("packed")) >= len(transcribed) / 2, "most clips should share passes"
     for wav in root.glob("dataset/*/wavs/*.wav"):

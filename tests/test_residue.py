@@ -15,13 +15,14 @@ import soxr
 from tests import realspeech
 from tests.conftest import missing
 from ttsft_daemon.audio import spleeter_worker as sw
-from ttsft_daemon.audio.residue import ResidueRemover, find_library, library_missing
+from ttsft_daemon.audio.residue import ResidueRemover, find_library, library_missing, pause_gap_db
 from ttsft_daemon.config import config_from_dict
 from ttsft_daemon.demo.audio import make_music
 from ttsft_daemon.engine.local import LocalSeparator
 
 REPO = Path(__file__).resolve().parents[1]
 SR = sw.SAMPLE_RATE
+SKIP_DB = float(config_from_dict({}).separation.residue_skip_gap_db or 0.0)
 
 
 def rms(x: np.ndarray) -> float:
@@ -87,30 +88,49 @@ def test_clean_speech_keeps_its_length_timing_and_level(tmp_path: Path, library:
     assert abs(db(rms(y[mask])) - db(rms(x[mask]))) < 2.0
 
 
-def test_the_music_spleeter_leaves_in_goes_down_and_the_speech_stays(tmp_path: Path, library: Path,
-                                                                     talk: tuple[np.ndarray, np.ndarray]) -> None:
-    """Speech over music 6 dB below it, through the real Spleeter worker, with and without the residue step (at the
-    default residue_keep of 0.25 the cut is bounded at 12 dB; measured 8.9 dB here, 13.1 dB with keep 0)."""
+def real_music(seconds: float) -> np.ndarray:
+    """Real game music (bench/music_set.py, installed by scripts/install.sh) at SR."""
+    music_set = pytest.importorskip("bench.music_set")
+    if not music_set.available():
+        pytest.skip(missing("the real-music set (bench/music_set.py fetch)"))
+    bed: np.ndarray = soxr.resample(music_set.bed(seconds, music_set.SR, seed=0), music_set.SR, SR)
+    return bed.astype(np.float32)
+
+
+def separate_mix(tmp_path: Path, speech: np.ndarray, mask: np.ndarray, bed: np.ndarray, db_below: float = 6.0,
+                 **separation: object) -> tuple[dict[str, object], np.ndarray, np.ndarray]:
+    """Speech over `bed` `db_below` under it through the real Spleeter worker: (the separator's info, the vocal
+    stem, the mix)."""
     if not (REPO / ".venv-spleeter" / "bin" / "python").exists():
         pytest.skip(missing("the Spleeter environment (scripts/install.sh)"))
+    bed = bed[: len(speech)]
+    mix = 0.25 * (speech + bed * np.float32(rms(speech[mask]) * 10 ** (-db_below / 20) / rms(bed)))
+    src = tmp_path / f"talk-{db_below}.wav"
+    if not src.exists():
+        sf.write(src, np.stack([mix, mix], axis=1), SR, subtype="PCM_16")
+    name = "-".join(f"{k}={v}" for k, v in separation.items()) or "defaults"
+    config = config_from_dict({"paths": {"root": str(tmp_path / "root"), "models": str(REPO / "models")},
+                               "separation": separation})
+    separator = LocalSeparator(config)
+    separator.open()
+    try:
+        info = separator.separate(src, tmp_path / f"vocals-{name}.wav", tmp_path / "work")
+    finally:
+        separator.close()
+    return info, read_mono(tmp_path / f"vocals-{name}.wav"), mix
+
+
+def test_the_music_spleeter_leaves_in_goes_down_and_the_speech_stays(tmp_path: Path, library: Path,
+                                                                     talk: tuple[np.ndarray, np.ndarray]) -> None:
+    """Speech over real music 6 dB below it, through the real Spleeter worker, with and without the residue step
+    (at the default residue_keep of 0.25 the cut is bounded at 12 dB)."""
     speech, mask = talk
-    bed = make_music(len(speech) / SR + 1, SR, seed=4)[: len(speech)]
-    mix = 0.25 * (speech + bed * np.float32(rms(speech[mask]) * 10 ** (-6 / 20) / rms(bed)))
-    src = tmp_path / "talk.wav"
-    sf.write(src, np.stack([mix, mix], axis=1), SR, subtype="PCM_16")
-    stems = {}
-    for on in (False, True):
-        config = config_from_dict({"paths": {"root": str(tmp_path / "root"), "models": str(REPO / "models")},
-                                   "separation": {"remove_residue": on}})
-        separator = LocalSeparator(config)
-        separator.open()
-        try:
-            info = separator.separate(src, tmp_path / f"vocals-{on}.wav", tmp_path / "work")
-        finally:
-            separator.close()
-        assert bool(info.get("residue_removed")) is on, info
-        stems[on] = read_mono(tmp_path / f"vocals-{on}.wav")
-    plain, polished = stems[False], stems[True]
+    bed = real_music(len(speech) / SR + 1)
+    info, plain, mix = separate_mix(tmp_path, speech, mask, bed, remove_residue=False)
+    assert "residue_removed" not in info, info
+    info, polished, _ = separate_mix(tmp_path, speech, mask, bed)
+    assert info.get("residue_removed") is True, info
+    assert float(info["residue_pause_gap_db"]) < SKIP_DB, info  # type: ignore[arg-type]
     assert len(plain) == len(polished) == len(mix)
     pauses = ~mask
     pauses[: SR // 2] = False  # the first half second: RNNoise is still learning the noise
@@ -121,8 +141,34 @@ def test_the_music_spleeter_leaves_in_goes_down_and_the_speech_stays(tmp_path: P
     assert abs(db(rms(polished[mask])) - db(rms(plain[mask]))) < 3.0, "the speech lost level"
     # The same step by hand on the plain stem gives the engine's output exactly.
     keep = config_from_dict({}).separation.residue_keep
-    ResidueRemover(library, keep).run(tmp_path / "vocals-False.wav", tmp_path / "by-hand.wav")
+    ResidueRemover(library, keep).run(tmp_path / "vocals-remove_residue=False.wav", tmp_path / "by-hand.wav")
     assert np.array_equal(read_mono(tmp_path / "by-hand.wav"), polished)
+
+
+def test_a_stem_spleeter_cleaned_whole_skips_the_step(tmp_path: Path, library: Path,
+                                                      talk: tuple[np.ndarray, np.ndarray]) -> None:
+    """The demo's synthetic bed 12 dB under the speech leaves the stem's pauses near silence: RNNoise would have
+    nothing to take out, so the stem is left as Spleeter made it (separation.residue_skip_gap_db)."""
+    speech, mask = talk
+    bed = make_music(len(speech) / SR + 1, SR, seed=4)
+    info, kept, _ = separate_mix(tmp_path, speech, mask, bed, db_below=12.0)
+    assert info.get("residue_removed") is False and float(info["residue_pause_gap_db"]) >= SKIP_DB, info  # type: ignore[arg-type]
+    info, plain, _ = separate_mix(tmp_path, speech, mask, bed, db_below=12.0, remove_residue=False)
+    assert "residue_removed" not in info and np.array_equal(kept, plain)
+    info, forced, _ = separate_mix(tmp_path, speech, mask, bed, db_below=12.0, residue_skip_gap_db=None)
+    assert info.get("residue_removed") is True and "residue_pause_gap_db" not in info, info
+    assert not np.array_equal(forced, plain)
+
+
+def test_the_pause_gap_reads_what_fills_the_pauses(tmp_path: Path, talk: tuple[np.ndarray, np.ndarray]) -> None:
+    speech, _ = talk
+    hiss = np.random.default_rng(1).standard_normal(len(speech)).astype(np.float32) * np.float32(rms(speech))
+    gaps = {under: pause_gap_db(write_mono(tmp_path / f"{under}.wav",
+                                           0.3 * (speech + hiss * np.float32(10 ** (-under / 20)))))
+            for under in (25, 40, 60)}
+    assert gaps[60] >= SKIP_DB > gaps[40] > gaps[25], gaps
+    assert abs(gaps[25] - 25) < 8 and abs(gaps[40] - 40) < 8, gaps
+    assert pause_gap_db(write_mono(tmp_path / "silence.wav", np.zeros(SR, np.float32))) < SKIP_DB  # nothing loud
 
 
 def test_a_recording_without_music_is_not_touched(tmp_path: Path, library: Path,

@@ -312,14 +312,30 @@ MUSIC_FREE_SHARE = 0.95
 
 def music_free(stereo: np.ndarray, gap_db: float) -> bool:
     """Whether a chunk ([frames, 2] float at SAMPLE_RATE) sounds like speech without music under it."""
-    mono = stereo.mean(axis=1, dtype=np.float32)
-    frame = int(GAP_FRAME_SECONDS * SAMPLE_RATE)
+    return gap_share(frame_powers(stereo.mean(axis=1, dtype=np.float32), SAMPLE_RATE), gap_db) >= MUSIC_FREE_SHARE
+
+
+def frame_powers(mono: np.ndarray, rate: int) -> np.ndarray:
+    """Mean square of each whole GAP_FRAME_SECONDS frame of mono audio."""
+    frame = int(GAP_FRAME_SECONDS * rate)
     n = len(mono) // frame
-    if n == 0:
-        return True
-    power = np.square(mono[: n * frame].reshape(n, frame), dtype=np.float64).mean(axis=1)
+    power: np.ndarray = np.square(mono[: n * frame].reshape(n, frame), dtype=np.float64).mean(axis=1)
+    return power
+
+
+def smoothed_levels(power: np.ndarray) -> np.ndarray:
+    """dB of frame powers averaged over GAP_SMOOTH_FRAMES (a quiet moment must last ~0.1 s)."""
     smooth = np.convolve(power, np.ones(GAP_SMOOTH_FRAMES) / GAP_SMOOTH_FRAMES, mode="same")
-    level = 10.0 * np.log10(np.maximum(smooth, 1e-12))
+    return 10.0 * np.log10(np.maximum(smooth, 1e-12))
+
+
+def gap_share(power: np.ndarray, gap_db: float) -> float:
+    """Share of the 4 s windows (1 s hop) of `power` (frame_powers) that hold a ~0.1 s moment `gap_db` below
+    their loud part, or true silence; 1.0 for audio shorter than one frame."""
+    n = len(power)
+    if n == 0:
+        return 1.0
+    level = smoothed_levels(power)
     width = int(GAP_WINDOW_SECONDS / GAP_FRAME_SECONDS)
     hop = int(GAP_HOP_SECONDS / GAP_FRAME_SECONDS)
     gaps = []
@@ -327,7 +343,7 @@ def music_free(stereo: np.ndarray, gap_db: float) -> bool:
         window = level[start : start + width]
         loud, quiet = float(np.percentile(window, 95)), float(window.min())
         gaps.append(loud < GAP_SILENCE_DBFS or quiet < GAP_SILENCE_DBFS or loud - quiet >= gap_db)
-    return float(np.mean(gaps)) >= MUSIC_FREE_SHARE
+    return float(np.mean(gaps))
 
 
 # -------------------------------------------------------------------------------- input level

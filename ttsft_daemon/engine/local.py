@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from ttsft_daemon.audio.residue import ResidueRemover, find_library, library_missing
+from ttsft_daemon.audio.residue import ResidueRemover, find_library, library_missing, pause_gap_db
 from ttsft_daemon.audio.separation import SeparatorProcess, decode_and_separate
 from ttsft_daemon.audio.speaker import SpeakerEncoder
 from ttsft_daemon.config import Config
@@ -68,6 +68,12 @@ class LocalSeparator:
         chunks, music_free = answer.get("chunks"), answer.get("music_free_chunks") or 0
         info = {"separated": True, "chunks": chunks, "music_free_chunks": music_free}
         if self._residue is not None and chunks is not None and music_free < chunks:
+            skip_db = self.config.separation.residue_skip_gap_db
+            if skip_db is not None:  # nothing for RNNoise to take out where the pauses are already near silence
+                info["residue_pause_gap_db"] = gap = round(pause_gap_db(dst), 1)
+                if gap >= skip_db:
+                    info["residue_removed"] = False
+                    return info
             polished = tmp_name(dst)
             try:
                 self._residue.run(dst, polished)

@@ -47,6 +47,8 @@ class SeparateStage(SpoolStage):
             out_meta["music_free_chunks"] = log["music_free_chunks"] = info.get("music_free_chunks") or 0
         if separated:  # the music Spleeter left in taken further down (separation.remove_residue)
             out_meta["residue_removed"] = log["residue_removed"] = bool(info.get("residue_removed"))
+            if info.get("residue_pause_gap_db") is not None:  # how far under the speech the pauses lay (dB)
+                out_meta["residue_pause_gap_db"] = log["residue_pause_gap_db"] = info["residue_pause_gap_db"]
 
         def update(job: JobRecord) -> None:
             job.separated, job.spleeter = True, separated
