@@ -178,6 +178,17 @@ def whisper_real(w: dict[str, Any]) -> str:
                              "second pass", "alone"], rows)])
 
 
+def pipeline_profile(p: dict[str, Any]) -> str:
+    total = float(p["threads_cpu_s"])
+    rows = [[name, cpu, f"{100 * float(cpu) / total:.0f} %"] for name, cpu in p["cpu_s_by_thread"].items()
+            if float(cpu) >= 1.0]
+    ends = ", ".join(f"{name} {st['end_s']} s" for name, st in p["stages"].items())
+    return "\n".join([f"Machine: {machine_line(p['machine'])}", "",
+                      f"{p['set']} set, {round(float(p['audio_s']) / 60, 1)} min of audio: wall {p['wall_s']} s, "
+                      f"the threads' CPU {total} s. Stages ended at: {ends}.", "",
+                      table(["process:thread", "CPU s", "share"], rows)])
+
+
 # Blocks of RESULTS.md that `--update` regenerates: <!-- report:NAME --> ... <!-- /report -->
 BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "pipeline": ("pipeline.json", pipeline), "pipeline_stages": ("pipeline.json", pipeline_stages),
@@ -186,6 +197,8 @@ BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "transcribe_cost": ("transcribe_cost.json", transcribe_cost), "memory": ("memory.json", memory),
     "memory_defaults": ("memory_defaults.json", memory),
     "watcher": ("watcher.json", watcher), "whisper_real": ("whisper_real.json", whisper_real),
+    "whisper_beams": ("whisper_beams.json", whisper_real),
+    "pipeline_profile": ("pipeline_profile.json", pipeline_profile),
 }
 
 
