@@ -489,7 +489,7 @@ def release_dead_reservations(folder: Path, max_age_seconds: float = 24 * 3600) 
         data = read_json(path) or {}
         owner, host = str(data.get("owner") or ""), str(data.get("host") or "")
         if owner:
-            dead = host == _HOST and _tmp_owner_dead(f"{TMP_PREFIX}{host}.{owner}.x")
+            dead = _owner_dead(host, owner)
         else:
             dead = age > 60
         if dead or age > max_age_seconds:
@@ -579,9 +579,15 @@ def _tmp_owner_dead(name: str) -> bool:
     """True when the temporary's writer (on this host) has exited; a reused pid has another start time."""
     name = name[1:] if name.startswith("." + TMP_PREFIX) else name
     parts = name[len(TMP_PREFIX):].split(".", 3)
-    if len(parts) < 3 or parts[0] != _HOST:
+    return len(parts) >= 3 and _owner_dead(parts[0], parts[1])
+
+
+def _owner_dead(host: str, owner: str) -> bool:
+    """True when the process `owner` ("<pid>-<start time>", `_owner_tag()`) on `host` has exited; False for
+    another host's (its processes cannot be seen from here) and for this process."""
+    if host != _HOST:
         return False
-    pid_text, _, started = parts[1].partition("-")
+    pid_text, _, started = owner.partition("-")
     try:
         pid = int(pid_text)
     except ValueError:
