@@ -88,11 +88,14 @@ def test_clean_speech_keeps_its_length_timing_and_level(tmp_path: Path, library:
     assert abs(db(rms(y[mask])) - db(rms(x[mask]))) < 2.0
 
 
-def real_music(seconds: float) -> np.ndarray:
-    """Real game music (bench/music_set.py, installed by scripts/install.sh) at SR."""
-    music_set = pytest.importorskip("bench.music_set")
+def real_music(seconds: float) -> np.ndarray | None:
+    """Real game music (bench/music_set.py fetch) at SR, or None where it is not installed."""
+    try:
+        from bench import music_set
+    except ImportError:
+        return None
     if not music_set.available():
-        pytest.skip(missing("the real-music set (bench/music_set.py fetch)"))
+        return None
     bed: np.ndarray = soxr.resample(music_set.bed(seconds, music_set.SR, seed=0), music_set.SR, SR)
     return bed.astype(np.float32)
 
@@ -122,15 +125,21 @@ def separate_mix(tmp_path: Path, speech: np.ndarray, mask: np.ndarray, bed: np.n
 
 def test_the_music_spleeter_leaves_in_goes_down_and_the_speech_stays(tmp_path: Path, library: Path,
                                                                      talk: tuple[np.ndarray, np.ndarray]) -> None:
-    """Speech over real music 6 dB below it, through the real Spleeter worker, with and without the residue step
-    (at the default residue_keep of 0.25 the cut is bounded at 12 dB)."""
+    """Speech over music 6 dB below it, through the real Spleeter worker, with and without the residue step (at the
+    default residue_keep of 0.25 the cut is bounded at 12 dB). Real game music leaves residue, so the step runs by
+    itself; where that set is not installed (bench/music_set.py fetch) the demo's synthetic bed is used and the step
+    is forced (Spleeter takes most of that bed out, and residue_skip_gap_db would skip it)."""
     speech, mask = talk
     bed = real_music(len(speech) / SR + 1)
+    force: dict[str, object] = {}
+    if bed is None:
+        bed, force = make_music(len(speech) / SR + 1, SR, seed=4), {"residue_skip_gap_db": None}
     info, plain, mix = separate_mix(tmp_path, speech, mask, bed, remove_residue=False)
     assert "residue_removed" not in info, info
-    info, polished, _ = separate_mix(tmp_path, speech, mask, bed)
+    info, polished, _ = separate_mix(tmp_path, speech, mask, bed, **force)
     assert info.get("residue_removed") is True, info
-    assert float(info["residue_pause_gap_db"]) < SKIP_DB, info  # type: ignore[arg-type]
+    if not force:
+        assert float(info["residue_pause_gap_db"]) < SKIP_DB, info  # type: ignore[arg-type]
     assert len(plain) == len(polished) == len(mix)
     pauses = ~mask
     pauses[: SR // 2] = False  # the first half second: RNNoise is still learning the noise
